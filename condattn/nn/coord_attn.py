@@ -1,0 +1,191 @@
+"""Coordinate attention (Hou et al.) and its result-conditioned twin."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from condattn.nn._common import (
+    as_cond,
+    check_positive_int,
+    check_source,
+    cond_dim_of,
+    copy_into,
+    init_cond_columns,
+)
+
+__all__ = ["CondCoordAttn", "CoordAttn"]
+
+
+def _coord_hidden(channels: int, r: int, rd_channels: int | None, min_channels: int) -> int:
+    check_positive_int("channels", channels)
+    if rd_channels is not None:
+        return check_positive_int("rd_channels", rd_channels)
+    check_positive_int("r", r)
+    if r > channels:
+        raise ValueError(
+            f"reduction ratio r={r} is larger than channels={channels}; use r <= {channels} "
+            "or pass rd_channels explicitly."
+        )
+    return max(min_channels, channels // r)
+
+
+def _pool_hw(x: Tensor) -> Tensor:
+    """``[mean_W(x); mean_H(x)^T]`` along a single spatial axis: ``(B, C, H + W, 1)``."""
+    x_h = x.mean(3, keepdim=True)  # (B, C, H, 1)
+    x_w = x.mean(2, keepdim=True).transpose(2, 3)  # (B, C, W, 1)
+    return torch.cat([x_h, x_w], dim=2)
+
+
+class CoordAttn(nn.Module):
+    """Coordinate attention.
+
+    ``y = act(BN(W1 [pool_W(U); pool_H(U)]))`` with a shared 1x1 conv W1 (C -> mip),
+    ``a_h = gate(W_h y_h)``, ``a_w = gate(W_w y_w)``, ``out = U * a_h * a_w``.
+
+    Args:
+        channels: C.
+        r: reduction ratio; hidden width ``mip = max(min_channels, C // r)``.
+        rd_channels: explicit mip; overrides ``r``.
+        min_channels: lower bound of mip (8 in the original code).
+        act_layer: activation after BN (h-swish in the original).
+        gate_layer: the gate.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        r: int = 32,
+        rd_channels: int | None = None,
+        min_channels: int = 8,
+        act_layer: type[nn.Module] = nn.Hardswish,
+        gate_layer: type[nn.Module] = nn.Sigmoid,
+    ):
+        super().__init__()
+        mip = _coord_hidden(channels, r, rd_channels, min_channels)
+        self.channels = channels
+        self.conv1 = nn.Conv2d(channels, mip, 1)  # W1, shared by both axes
+        self.bn1 = nn.BatchNorm2d(mip)
+        self.act = act_layer()
+        self.conv_h = nn.Conv2d(mip, channels, 1)
+        self.conv_w = nn.Conv2d(mip, channels, 1)
+        self.gate = gate_layer()
+
+    def _gates(self, y: Tensor, h: int, w: int) -> Tensor:
+        y_h, y_w = torch.split(self.act(self.bn1(y)), [h, w], dim=2)
+        a_h = self.gate(self.conv_h(y_h))  # (B, C, H, 1)
+        a_w = self.gate(self.conv_w(y_w.transpose(2, 3)))  # (B, C, 1, W)
+        return a_h * a_w  # (B, C, H, W)
+
+    def _scale(self, x: Tensor) -> Tensor:
+        """The gate ``a_h * a_w``: ``(B, C, H, W)``."""
+        return self._gates(self.conv1(_pool_hw(x)), x.shape[2], x.shape[3])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self._scale(x)
+
+
+class CondCoordAttn(nn.Module):
+    """Coordinate attention whose shared 1x1 conv also reads T (Eq. 4 for CA).
+
+    T is broadcast as ``n`` extra input channels at every one of the ``H + W`` positions of the
+    pooled map: ``y = W1 [T; pool(U)] = W1_U pool(U) + W1_T T``. So T acts as a learned
+    per-sample bias before BN. It is computed that way (no broadcast copy), and W1 is stored as
+    one ``mip x (n + C)`` conv, gaining ``n x mip`` parameters.
+
+    Args:
+        channels: C.
+        cond_dim: n.
+        r, rd_channels, min_channels, act_layer, gate_layer: as :class:`CoordAttn`.
+        bias: whether the convs have a bias (the original yes, timm no).
+        norm: the norm after W1 (default BatchNorm2d).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        cond_dim: int,
+        r: int = 32,
+        rd_channels: int | None = None,
+        min_channels: int = 8,
+        act_layer: type[nn.Module] = nn.Hardswish,
+        gate_layer: type[nn.Module] = nn.Sigmoid,
+        bias: bool = True,
+    ):
+        super().__init__()
+        mip = _coord_hidden(channels, r, rd_channels, min_channels)
+        self.channels = channels
+        self.cond_dim = cond_dim_of(cond_dim)
+        self.conv1 = nn.Conv2d(cond_dim + channels, mip, 1, bias=bias)  # W1 on [T; pool(U)]
+        self.bn1: nn.Module = nn.BatchNorm2d(mip)
+        self.act = act_layer()
+        self.conv_h = nn.Conv2d(mip, channels, 1, bias=bias)
+        self.conv_w = nn.Conv2d(mip, channels, 1, bias=bias)
+        self.gate = gate_layer()
+
+    _gates = CoordAttn._gates
+
+    def _scale(self, x: Tensor, cond: Tensor) -> Tensor:
+        """The gate ``a_h * a_w``: ``(B, C, H, W)``."""
+        t = as_cond(cond, x, self.cond_dim)
+        w1 = self.conv1.weight.flatten(1)  # (mip, n + C)
+        y = F.conv2d(_pool_hw(x), self.conv1.weight[:, self.cond_dim :], self.conv1.bias)
+        y = y + (t @ w1[:, : self.cond_dim].t())[:, :, None, None]  # + W1_T T, every position
+        return self._gates(y, x.shape[2], x.shape[3])
+
+    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        return x * self._scale(x, cond)
+
+    @classmethod
+    def from_module(cls, src: CoordAttn, *, cond_dim: int, init: str = "zeros") -> CondCoordAttn:
+        """Build the twin of a :class:`CoordAttn` (zero T-columns by default)."""
+        check_source(cls, src, CoordAttn)
+        return cls.from_parts(
+            channels=src.channels,
+            cond_dim=cond_dim,
+            conv1=src.conv1,
+            bn1=src.bn1,
+            act=src.act,
+            conv_h=src.conv_h,
+            conv_w=src.conv_w,
+            gate=src.gate,
+            init=init,
+        )
+
+    @classmethod
+    def from_parts(
+        cls,
+        *,
+        channels: int,
+        cond_dim: int,
+        conv1: nn.Conv2d,
+        bn1: nn.Module,
+        act: nn.Module,
+        conv_h: nn.Conv2d,
+        conv_w: nn.Conv2d,
+        gate: nn.Module,
+        init: str = "zeros",
+    ) -> CondCoordAttn:
+        """Build from the layers of any coordinate attention."""
+        out = cls(
+            channels,
+            cond_dim=cond_dim,
+            rd_channels=conv1.out_channels,
+            bias=conv1.bias is not None,
+        )
+        out.bn1 = copy.deepcopy(bn1)
+        out.act = copy.deepcopy(act)
+        out.gate = copy.deepcopy(gate)
+        out.conv_h = copy.deepcopy(conv_h)
+        out.conv_w = copy.deepcopy(conv_w)
+        copy_into(out.conv1.weight[:, cond_dim:], conv1.weight.detach())
+        init_cond_columns(out.conv1.weight, cond_dim, init)
+        if conv1.bias is not None:
+            with torch.no_grad():
+                out.conv1.bias.copy_(conv1.bias)
+        return out.to(device=conv1.weight.device, dtype=conv1.weight.dtype)

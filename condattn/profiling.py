@@ -1,0 +1,164 @@
+"""Parameter and MAC counting, including the paper's thop-0.0.31 rules (Table 2).
+
+Three MAC counters, all on a deep copy in eval mode, so the caller's model never changes:
+
+- ``rules="paper"``: thop 0.0.31's per-module rules (2020), the tool behind the paper's Table 2,
+  re-implemented here because that thop no longer imports on Python 3.11. Forward hooks on leaf
+  modules, summed per call:
+
+  ============================  ==========================================================
+  module                        MACs
+  ============================  ==========================================================
+  ``Conv{1,2,3}d``              out elements x (Cin/groups x prod(k) + 1 if bias)
+  ``BatchNorm{1,2,3}d``         2 x elements
+  ``Linear``                    in_features x out elements (no bias term)
+  ``AdaptiveAvgPool{1,2,3}d``   (prod(in_size // out_size) + 1) x out elements
+  ``AvgPool{1,2,3}d``           (prod(kernel) + 1) x out elements
+  everything else               0 (ReLU, Sigmoid, Dropout, pooling maxes, functional ops)
+  ============================  ==========================================================
+
+- ``rules="thop"``: today's thop (``thop.profile``). It differs: BN counts 2 x elements only
+  in eval mode (as here) but adaptive pooling counts ``prod(kernel)`` without the ``+1``, Linear
+  counts the same, ReLU/Sigmoid count ``elements``... and it only sees modules that ran.
+  We run it on a copy so its ``total_ops``/``total_params`` buffers never reach your model.
+- ``rules="flop_counter"``: ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs / 2 = MACs) of
+  matmul-like ATen ops only (conv, mm, addmm, bmm): no BN, pooling or bias terms, but it sees
+  functional ops that module hooks miss.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["MAC_RULES", "count_macs", "count_params", "mac_breakdown"]
+
+MAC_RULES = ("paper", "thop", "flop_counter")
+
+
+def count_params(model: nn.Module, *, trainable_only: bool = False) -> int:
+    """Number of parameters (shared ones counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) in seen or (trainable_only and not p.requires_grad):
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total
+
+
+def _first(x):
+    return x[0] if isinstance(x, (tuple, list)) else x
+
+
+def _conv(m: nn.Module, inp, out: Tensor) -> int:
+    kernel = math.prod(m.weight.shape[2:])
+    return out.numel() * (m.in_channels // m.groups * kernel + (1 if m.bias is not None else 0))
+
+
+def _bn(m: nn.Module, inp, out: Tensor) -> int:
+    return 2 * _first(inp).numel()
+
+
+def _linear(m: nn.Linear, inp, out: Tensor) -> int:
+    return m.in_features * out.numel()
+
+
+def _adaptive_avgpool(m: nn.Module, inp, out: Tensor) -> int:
+    x = _first(inp)
+    in_size = x.shape[2:]
+    out_size = out.shape[2:]
+    kernel = math.prod(i // o for i, o in zip(in_size, out_size))
+    return (kernel + 1) * out.numel()
+
+
+def _avgpool(m: nn.Module, inp, out: Tensor) -> int:
+    k = m.kernel_size
+    dims = out.dim() - 2
+    kernel = math.prod(k) if isinstance(k, (tuple, list)) else k**dims
+    return (kernel + 1) * out.numel()
+
+
+_PAPER_RULES: dict[type[nn.Module], Callable[..., int]] = {
+    nn.Conv1d: _conv,
+    nn.Conv2d: _conv,
+    nn.Conv3d: _conv,
+    nn.BatchNorm1d: _bn,
+    nn.BatchNorm2d: _bn,
+    nn.BatchNorm3d: _bn,
+    nn.Linear: _linear,
+    nn.AdaptiveAvgPool1d: _adaptive_avgpool,
+    nn.AdaptiveAvgPool2d: _adaptive_avgpool,
+    nn.AdaptiveAvgPool3d: _adaptive_avgpool,
+    nn.AvgPool1d: _avgpool,
+    nn.AvgPool2d: _avgpool,
+    nn.AvgPool3d: _avgpool,
+}
+
+
+def _dummy_input(model: nn.Module, input_size: Sequence[int]) -> Tensor:
+    p = next(iter(model.parameters()), None)
+    device = p.device if p is not None else torch.device("cpu")
+    dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
+    return torch.randn(*input_size, device=device, dtype=dtype)
+
+
+def mac_breakdown(model: nn.Module, input_size: Sequence[int] = (1, 3, 32, 32)) -> dict[str, int]:
+    """Paper-rule MACs per leaf module (qualified name -> MACs), on a copy in eval mode."""
+    model = copy.deepcopy(model).eval()
+    counts: dict[str, int] = {}
+    handles = []
+    for name, m in model.named_modules():
+        if next(m.children(), None) is not None:
+            continue  # thop 0.0.31 hooks leaves only
+        rule = _PAPER_RULES.get(type(m))
+        if rule is None:
+            continue
+
+        def hook(mod, inp, out, _name=name, _rule=rule):
+            counts[_name] = counts.get(_name, 0) + int(_rule(mod, inp, _first(out)))
+
+        handles.append(m.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(_dummy_input(model, input_size))
+    finally:
+        for h in handles:
+            h.remove()
+    return counts
+
+
+def count_macs(
+    model: nn.Module, input_size: Sequence[int] = (1, 3, 32, 32), *, rules: str = "paper"
+) -> int:
+    """Multiply-accumulates of one forward pass of ``input_size``.
+
+    Args:
+        model: any module; it is not modified (counting runs on a deep copy in eval mode).
+        input_size: the input shape; the paper's Table 2 uses ``(1, 3, 32, 32)``.
+        rules: ``"paper"`` (thop 0.0.31, Table 2), ``"thop"`` (installed thop) or
+            ``"flop_counter"`` (``FlopCounterMode`` FLOPs / 2).
+    """
+    if rules not in MAC_RULES:
+        raise ValueError(f"unknown rules {rules!r}; valid: {', '.join(MAC_RULES)}")
+    if rules == "paper":
+        return sum(mac_breakdown(model, input_size).values())
+    model = copy.deepcopy(model).eval()
+    x = _dummy_input(model, input_size)
+    if rules == "thop":
+        try:
+            import thop
+        except ImportError as e:  # pragma: no cover - thop is a dependency
+            raise ImportError("rules='thop' needs the thop package: pip install thop") from e
+        macs, _ = thop.profile(model, inputs=(x,), verbose=False)
+        return int(macs)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return int(counter.get_total_flops()) // 2
