@@ -1,7 +1,23 @@
-"""condattn: introduce the result into self-attention."""
+"""condattn: introduce the result into self-attention.
+
+>>> model = condattn.models.create_model("se_resnet50", num_classes=100)
+>>> se_r = condattn.convert(model, aux_at=["layer2", "layer3"])
+>>> out = se_r(x)  # CondOutput(logits, aux_logits=(t1, t2)) in train and eval
+"""
 
 from condattn import models, nn
+from condattn.convert import (
+    ConversionError,
+    ConvertConfig,
+    convert,
+    get_config,
+    list_attention,
+    list_stages,
+    load,
+    save,
+)
 from condattn.losses import DeepSupervisionLoss, LossParts
+from condattn.mappings import get_attention_mapping, register_attention, unregister_attention
 from condattn.outputs import CondOutput
 from condattn.profiling import count_macs, count_params
 
@@ -9,10 +25,21 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CondOutput",
+    "ConversionError",
+    "ConvertConfig",
     "DeepSupervisionLoss",
     "LossParts",
+    "convert",
     "count_macs",
     "count_params",
+    "get_attention_mapping",
+    "get_config",
+    "list_attention",
+    "list_stages",
+    "load",
     "models",
     "nn",
+    "register_attention",
+    "save",
+    "unregister_attention",
 ]

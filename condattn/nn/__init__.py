@@ -4,7 +4,12 @@ from condattn.nn.aux_head import AuxHead
 from condattn.nn.cbam import Cbam, CondCbam
 from condattn.nn.coord_attn import CondCoordAttn, CoordAttn
 from condattn.nn.eca import CondEca, Eca
-from condattn.nn.squeeze_excite import CondSqueezeExcite, SqueezeExcite
+from condattn.nn.squeeze_excite import (
+    CondEffectiveSE,
+    CondLinear,
+    CondSqueezeExcite,
+    SqueezeExcite,
+)
 
 __all__ = [
     "AuxHead",
@@ -12,6 +17,8 @@ __all__ = [
     "CondCbam",
     "CondCoordAttn",
     "CondEca",
+    "CondEffectiveSE",
+    "CondLinear",
     "CondSqueezeExcite",
     "CoordAttn",
     "Eca",

@@ -83,6 +83,9 @@ def cond_dim_of(cond_dim: int) -> int:
 
 def as_cond(cond: Tensor, x: Tensor, cond_dim: int) -> Tensor:
     """Check and flatten the conditioning input T to ``(B, cond_dim)``."""
-    if cond.dim() != 2 or cond.shape[1] != cond_dim:
-        raise ValueError(f"cond (T) must have shape (batch, {cond_dim}), got {tuple(cond.shape)}")
+    if cond.dim() != 2 or cond.shape[1] != cond_dim or cond.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"cond (T) must have shape (batch, {cond_dim}) with the batch of x "
+            f"({x.shape[0]}), got {tuple(cond.shape)}"
+        )
     return cond.to(x.dtype)

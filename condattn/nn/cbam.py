@@ -110,6 +110,8 @@ class CondCbam(nn.Module):
         super().__init__()
         rd = reduced_channels(channels, r=r, rd_channels=rd_channels)
         check_positive_int("kernel_size", kernel_size)
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {kernel_size}")
         self.channels = channels
         self.cond_dim = cond_dim_of(cond_dim)
         self.fc1 = nn.Linear(cond_dim + channels, rd, bias=bias)  # W1 on [T; z]

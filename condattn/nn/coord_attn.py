@@ -25,11 +25,8 @@ def _coord_hidden(channels: int, r: int, rd_channels: int | None, min_channels: 
     if rd_channels is not None:
         return check_positive_int("rd_channels", rd_channels)
     check_positive_int("r", r)
-    if r > channels:
-        raise ValueError(
-            f"reduction ratio r={r} is larger than channels={channels}; use r <= {channels} "
-            "or pass rd_channels explicitly."
-        )
+    # min_channels >= 1 floors mip, so r > channels is fine (the original: max(8, C // 32)).
+    check_positive_int("min_channels", min_channels)
     return max(min_channels, channels // r)
 
 

@@ -16,7 +16,7 @@ from condattn.nn._common import (
     reduced_channels,
 )
 
-__all__ = ["CondSqueezeExcite", "SqueezeExcite"]
+__all__ = ["CondEffectiveSE", "CondLinear", "CondSqueezeExcite", "SqueezeExcite"]
 
 
 class SqueezeExcite(nn.Module):
@@ -183,3 +183,137 @@ class CondSqueezeExcite(nn.Module):
                 out.fc1.bias.copy_(fc1.bias)
                 out.fc2.bias.copy_(fc2.bias)
         return out.to(device=fc1.weight.device, dtype=fc1.weight.dtype)
+
+
+class CondLinear(nn.Module):
+    """The W1 of an SE written inline (no SE module), widened to read ``[T; z]`` (Eq. 4).
+
+    Built from the first learned map of the recognised pattern ``x * gate(W2 act(W1 pool(x)))``:
+    a ``Linear`` on ``(B, C)`` or a 1x1 ``Conv2d`` on ``(B, C, H, W)``. The rest of the inline
+    SE stays as it was. ``weight`` keeps the source's layout with ``n`` leading input columns.
+
+    Args:
+        in_features: C.
+        out_features: C/r.
+        cond_dim: n.
+        bias: whether there is a bias.
+        conv: whether the source is a 1x1 ``Conv2d`` (input ``(B, C, H, W)``) or a ``Linear``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        cond_dim: int,
+        bias: bool = True,
+        conv: bool = False,
+    ):
+        super().__init__()
+        self.cond_dim = cond_dim_of(cond_dim)
+        self.in_features = in_features
+        self.out_features = out_features
+        self.conv = conv
+        shape = (out_features, cond_dim + in_features) + ((1, 1) if conv else ())
+        self.weight = nn.Parameter(torch.empty(shape))
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        nn.init.kaiming_uniform_(self.weight, a=5**0.5)  # PyTorch's Linear/Conv default
+        if self.bias is not None:
+            bound = 1.0 / (cond_dim + in_features) ** 0.5
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, z: Tensor, cond: Tensor) -> Tensor:
+        t = as_cond(cond, z, self.cond_dim)
+        w = self.weight.flatten(1)  # (C/r, n + C)
+        cond_term = t @ w[:, : self.cond_dim].t()  # W1_T T: (B, C/r)
+        if self.conv:
+            y = torch.nn.functional.conv2d(z, self.weight[:, self.cond_dim :], self.bias)
+            return y + cond_term[:, :, None, None]
+        return torch.nn.functional.linear(z, w[:, self.cond_dim :], self.bias) + cond_term
+
+    @classmethod
+    def from_module(cls, src: nn.Module, *, cond_dim: int, init: str = "zeros") -> CondLinear:
+        """Widen a ``Linear`` or 1x1 ``Conv2d`` (groups=1) with ``n`` T-columns."""
+        check_source(cls, src, (nn.Linear, nn.Conv2d))
+        if isinstance(src, nn.Conv2d):
+            if src.kernel_size != (1, 1) or src.groups != 1 or src.stride != (1, 1):
+                raise ValueError(f"only a 1x1, stride-1, groups=1 Conv2d can be widened, got {src}")
+            cin, cout = src.in_channels, src.out_channels
+        else:
+            cin, cout = src.in_features, src.out_features
+        out = cls(
+            cin, cout, cond_dim=cond_dim, bias=src.bias is not None, conv=isinstance(src, nn.Conv2d)
+        )
+        copy_into(out.weight[:, cond_dim:], src.weight.detach())
+        init_cond_columns(out.weight, cond_dim, init)
+        if src.bias is not None:
+            with torch.no_grad():
+                out.bias.copy_(src.bias)
+        return out.to(device=src.weight.device, dtype=src.weight.dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            f"cond_dim={self.cond_dim}, in={self.in_features}, out={self.out_features}, "
+            f"conv={self.conv}"
+        )
+
+
+class CondEffectiveSE(nn.Module):
+    """Effective SE (one C x C map, no reduction) reading ``[T; z]``: ``s = gate(W [T; z])``.
+
+    The twin of timm's ``EffectiveSEModule``; W gains ``n x C`` parameters.
+
+    Args:
+        channels: C.
+        cond_dim: n.
+        add_maxpool: z = (avg + max) / 2.
+        gate_layer: the gate (hard-sigmoid in timm).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        cond_dim: int,
+        add_maxpool: bool = False,
+        gate_layer: type[nn.Module] = nn.Hardsigmoid,
+    ):
+        super().__init__()
+        self.channels = channels
+        self.cond_dim = cond_dim_of(cond_dim)
+        self.add_maxpool = add_maxpool
+        self.fc = nn.Linear(cond_dim + channels, channels)
+        self.gate = gate_layer()
+
+    def _scale(self, x: Tensor, cond: Tensor) -> Tensor:
+        t = as_cond(cond, x, self.cond_dim)
+        z = x.mean((2, 3))
+        if self.add_maxpool:
+            z = 0.5 * z + 0.5 * x.amax((2, 3))
+        return self.gate(self.fc(torch.cat([t, z], dim=1)))[:, :, None, None]
+
+    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        return x * self._scale(x, cond)
+
+    @classmethod
+    def from_parts(
+        cls,
+        *,
+        fc: nn.Module,
+        gate: nn.Module,
+        cond_dim: int,
+        add_maxpool: bool,
+        init: str = "zeros",
+    ) -> CondEffectiveSE:
+        """Build from the single map ``fc`` (Linear or 1x1 Conv2d, C -> C) and the gate."""
+        c = fc.weight.shape[0]
+        out = cls(c, cond_dim=cond_dim, add_maxpool=add_maxpool)
+        out.gate = copy.deepcopy(gate)
+        copy_into(out.fc.weight[:, cond_dim:], fc.weight.detach())
+        init_cond_columns(out.fc.weight, cond_dim, init)
+        with torch.no_grad():
+            if fc.bias is not None:
+                out.fc.bias.copy_(fc.bias)
+            else:
+                out.fc.bias.zero_()
+        return out.to(device=fc.weight.device, dtype=fc.weight.dtype)

@@ -1,0 +1,246 @@
+"""The ``condattn`` command line: ``train``, ``eval``, ``report`` and ``profile``.
+
+Subcommands live in :data:`COMMANDS` (name -> (help, add_arguments, run)); add one there.
+
+Examples::
+
+    condattn train recipes/quick.toml
+    condattn train recipes/table3/se_r_resnet50.toml --set system.seed=1 --out runs/x
+    condattn train recipes/quick.toml --out runs/q --resume          # continue a killed run
+    torchrun --nproc_per_node=2 -m condattn.cli train recipes/quick.toml
+    condattn eval runs/quick/checkpoint.pt
+    condattn report runs/se_resnet50 runs/se_r_resnet50 --plot cmp.png
+    condattn profile se_resnet50 --variant se_r --rules paper
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+__all__ = ["COMMANDS", "main"]
+
+_REPO = Path(__file__).resolve().parents[1]
+
+
+class UserError(Exception):
+    """A mistake on the command line; printed without a traceback."""
+
+
+def _resolve_recipe(name: str) -> str:
+    """A recipe path as given, or looked up in ./recipes and <repo>/recipes (``.toml`` optional)."""
+    if Path(name).is_file():
+        return name
+    for root in (Path.cwd() / "recipes", _REPO / "recipes"):
+        for cand in (root / name, root / f"{name}.toml"):
+            if cand.is_file():
+                return str(cand)
+    return name  # load_recipe raises with the list of recipes
+
+
+# --- train -------------------------------------------------------------------------------------
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="recipe TOML (e.g. recipes/quick.toml or table3/se_r_resnet50)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.epochs=2 (repeatable)")
+    p.add_argument("--data", help="CIFAR-100 folder or archive (default: search ../shared/data...)")
+    p.add_argument("--out", help="run directory (default: runs/<recipe name>)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--download", action="store_true",
+                   help="download CIFAR-100 when not found (needs internet)")
+    p.add_argument("--synthetic", action="store_true",
+                   help="train on an in-memory synthetic CIFAR-100 stand-in")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from condattn.train import distributed as D
+    from condattn.train.build import load_data
+    from condattn.train.config import load_recipe
+    from condattn.train.loop import train
+
+    cfg = load_recipe(_resolve_recipe(args.recipe), args.overrides)
+    run_dir = Path(args.out) if args.out else Path("runs") / cfg.name
+    env = D.detect()
+    if args.resume and not (run_dir / "checkpoint.pt").is_file():
+        raise UserError(f"--resume: no checkpoint at {run_dir / 'checkpoint.pt'}")
+    started = (run_dir / "checkpoint.pt").exists() or (run_dir / "metrics.jsonl").exists()
+    if env.is_main and started and not (args.resume or args.overwrite):
+        raise UserError(
+            f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to start "
+            "over, or --out for another directory"
+        )
+    if env.is_main and args.overwrite and not args.resume:
+        for name in ("checkpoint.pt", "metrics.jsonl", "results.json", "environment.json"):
+            (run_dir / name).unlink(missing_ok=True)
+    data = load_data(cfg, root=args.data, synthetic=args.synthetic, download=args.download)
+    if env.is_main:
+        print(f"data: {data.source}", flush=True)
+    try:
+        train(cfg, data=data, run_dir=run_dir, resume=args.resume,
+              log=lambda *a: print(*a, flush=True))
+    finally:
+        D.cleanup()
+    return 0
+
+
+# --- eval --------------------------------------------------------------------------------------
+
+
+def _add_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a checkpoint.pt (or the run directory holding it)")
+    p.add_argument("--data", help="CIFAR-100 folder or archive (default: search)")
+    p.add_argument("--synthetic", action="store_true", help="evaluate on the synthetic set")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from condattn.data import TensorLoader
+    from condattn.train import distributed as D
+    from condattn.train.build import build_augment, build_loss, build_model, load_data
+    from condattn.train.checkpoint import load_checkpoint
+    from condattn.train.config import config_from_dict
+    from condattn.train.loop import evaluate
+
+    state = load_checkpoint(args.checkpoint)
+    cfg = config_from_dict(state["config"])
+    cfg = dataclasses.replace(cfg, system=dataclasses.replace(cfg.system, device=args.device))
+    data = load_data(cfg, root=args.data, synthetic=args.synthetic)
+    device = D.device_for(D.DistEnv(), args.device)
+    model = build_model(cfg, num_classes=data.num_classes)
+    model.load_state_dict(state["model"])
+    model.to(device)
+    loader = TensorLoader(data.test_images, data.test_labels, batch_size=cfg.system.eval_batch_size,
+                          shuffle=False, augment=build_augment(cfg, train=False), device=device)
+    with torch.inference_mode():
+        res = evaluate(model, loader, criterion=build_loss(cfg), cfg=cfg,
+                       num_aux=len(cfg.loss.aux_weights))
+    out = {"checkpoint": str(args.checkpoint), "epoch": state["epoch"], "data": data.source,
+           "test_top1": res["top1"], "test_top5": res["top5"], "test_loss": res["loss"],
+           "n": res["n"]}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def _add_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories")
+    p.add_argument("--plot", default="comparison.png", help="comparison plot PNG to write")
+
+
+def _fmt(v: float | None, nd: int = 2) -> str:
+    return "-" if v is None else f"{v:.{nd}f}"
+
+
+def report_table(run_dirs: Sequence[str | Path]) -> tuple[str, dict[str, list[dict]]]:
+    """Markdown table of runs (final = reported, best = informational) and their histories."""
+    from condattn.train.metrics import read_jsonl
+
+    lines = [
+        "| run | arch | variant | lossW | epochs | final top-1 | final top-5 | best top-1 (epoch) "
+        "| paper top-1 | Δ vs paper |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    histories: dict[str, list[dict]] = {}
+    for d in map(Path, run_dirs):
+        res_path = d / "results.json"
+        if not res_path.is_file():
+            raise UserError(f"{d} is not a finished run (no results.json)")
+        r = json.loads(res_path.read_text())
+        histories[f"{r['name']} ({d.name})" if r["name"] != d.name else d.name] = read_jsonl(
+            d / "metrics.jsonl"
+        )
+        lw = ", ".join(f"{w:g}" for w in r["aux_weights"]) or "-"
+        best = r["best"]
+        lines.append(
+            f"| {d} | {r['arch']} | {r['variant']} | {lw} | {r['epochs']} | "
+            f"{_fmt(r['final']['top1'])} | {_fmt(r['final']['top5'])} | "
+            f"{_fmt(best['top1'])} ({best['epoch']}) | {_fmt(r['paper']['top1'])} | "
+            f"{_fmt(r['delta_vs_paper'])} |"
+        )
+    return "\n".join(lines), histories
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from condattn.train.plots import plot_comparison
+
+    table, histories = report_table(args.run_dirs)
+    print(table)
+    path = plot_comparison(histories, args.plot)
+    print(f"\ncomparison plot: {path}")
+    return 0
+
+
+# --- profile -----------------------------------------------------------------------------------
+
+
+def _add_profile(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a registered model name, e.g. se_resnet50")
+    p.add_argument("--variant", default="se", help="se | se_a | se_r")
+    p.add_argument("--rules", default="paper", help="MAC rules: paper | thop | flop_counter")
+    p.add_argument("--num-classes", type=int, default=100)
+    p.add_argument("--r", type=int, default=8, help="SE reduction ratio")
+    p.add_argument("--aux-at", default="layer2,layer3", help="comma-separated stages for heads")
+
+
+def _run_profile(args: argparse.Namespace) -> int:
+    from condattn.profiling import MAC_RULES, count_macs, count_params
+    from condattn.train.build import build_model
+    from condattn.train.config import config_from_dict
+
+    if args.rules not in MAC_RULES:
+        raise UserError(f"unknown --rules {args.rules!r}; valid: {', '.join(MAC_RULES)}")
+    cfg = config_from_dict({"model": {"arch": args.model, "variant": args.variant, "r": args.r,
+                                      "aux_at": args.aux_at}})
+    model = build_model(cfg, num_classes=args.num_classes)
+    params, macs = count_params(model), count_macs(model, (1, 3, 32, 32), rules=args.rules)
+    print(f"{args.model} variant={args.variant} r={args.r}: params {params / 1e6:.3f}M, "
+          f"MACs {macs / 1e9:.3f}G (rules={args.rules}, input 1x3x32x32)")
+    return 0
+
+
+# name -> (help, add_arguments, run); add a subcommand (e.g. "analyze") by adding an entry.
+COMMANDS: dict[
+    str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+] = {
+    "train": ("train a recipe", _add_train, _run_train),
+    "eval": ("evaluate a checkpoint on the test set", _add_eval, _run_eval),
+    "report": ("compare finished runs (table + plot)", _add_report, _run_report),
+    "profile": ("count params and MACs of a model", _add_profile, _run_profile),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="condattn", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_, add, _run) in COMMANDS.items():
+        add(sub.add_parser(name, help=help_))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``condattn`` console script; returns the exit status."""
+    from condattn.data import CifarDataError
+    from condattn.train.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command][2](args)
+    except (UserError, ConfigError, CifarDataError) as err:
+        print(f"condattn {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

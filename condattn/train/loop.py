@@ -1,0 +1,392 @@
+"""The train/eval loop: one function, :func:`train`, that writes a complete run directory.
+
+Run directory (written by rank 0 only)::
+
+    config.json, config.toml   the resolved config (explicit lossW etc.)
+    environment.json           device, torch version, git SHA, threads, hostname (one entry per start)
+    metrics.jsonl              one line per epoch (losses, lr, train/test top-1/top-5, timings)
+    checkpoint.pt              written atomically after every epoch; ``resume=True`` continues it
+    curves.png                 train and test top-1 error vs epoch (paper Figs. 3-5)
+    results.json               final AND best epoch; the final one is the reported number
+
+Determinism: the data order and augmentation of epoch ``e`` depend only on ``(seed, e)``
+(:class:`~condattn.data.TensorLoader`), and torch's global RNG (dropout in the aux heads) is
+reseeded from ``(seed, e)`` at the start of every epoch. With ``system.deterministic=true`` and a
+fixed ``system.threads``, a run killed at any point and resumed from its last checkpoint follows
+exactly the trajectory of an uninterrupted run (bit-identical weights and metrics).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from condattn.data import CifarData, TensorLoader
+from condattn.losses import DeepSupervisionLoss
+from condattn.profiling import count_params
+from condattn.train import distributed as D
+from condattn.train.build import (
+    as_output,
+    build_augment,
+    build_loss,
+    build_model,
+    build_optimizer,
+    derive_seed,
+)
+from condattn.train.checkpoint import (
+    CHECKPOINT_NAME,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from condattn.train.config import TrainConfig, config_to_toml
+from condattn.train.metrics import MetricSums, append_jsonl, read_jsonl, write_json, write_jsonl
+from condattn.train.schedule import PaperSchedule, make_scheduler
+
+__all__ = ["TIMING_FIELDS", "environment", "evaluate", "train"]
+
+# Fields of a metrics.jsonl line that measure time and so differ between identical runs.
+TIMING_FIELDS = ("epoch_time_s", "train_time_s", "eval_time_s", "img_per_s")
+# Config keys that may differ when resuming (they do not change the trajectory).
+_RESUME_MAY_CHANGE = {("system", "progress"), ("optim", "epochs")}
+
+
+def environment(device: torch.device, env: D.DistEnv) -> dict[str, Any]:
+    """What ran the job: device, torch version, git SHA, threads, hostname."""
+    repo = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", *args], cwd=repo, capture_output=True, text=True, timeout=10, check=True
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip()
+
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "hostname": socket.gethostname(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "git_sha": git("rev-parse", "HEAD"),
+        "git_dirty": bool(dirty) if dirty is not None else None,
+        "threads": torch.get_num_threads(),
+        "world_size": env.world_size,
+        "argv": sys.argv,
+    }
+
+
+@contextlib.contextmanager
+def _global_torch_state(cfg: TrainConfig, device: torch.device) -> Iterator[None]:
+    """Applies threads/determinism settings and restores them afterwards."""
+    threads = torch.get_num_threads()
+    det = torch.are_deterministic_algorithms_enabled()
+    det_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    bench = torch.backends.cudnn.benchmark
+    try:
+        if cfg.system.threads:
+            torch.set_num_threads(cfg.system.threads)
+        if cfg.system.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        elif device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(det, warn_only=det_warn)
+        torch.backends.cudnn.benchmark = bench
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.system.bf16)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: TensorLoader,
+    *,
+    criterion: DeepSupervisionLoss,
+    cfg: TrainConfig,
+    num_aux: int,
+) -> dict[str, Any]:
+    """Test loss and top-1/top-5 (%) over the whole (sharded, all-reduced) test set."""
+    model.eval()
+    sums = MetricSums(num_aux=num_aux, device=loader.device)
+    for x, y in loader.epoch(0):
+        if y.shape[0] == 0:
+            continue
+        with _autocast(cfg, loader.device):
+            out = as_output(model(x))
+            parts = criterion(out, y)
+        sums.add(logits=out.logits, target=y, loss=parts.total, main=parts.main, aux=parts.aux)
+    D.all_reduce_sum(sums.sums)
+    return sums.means()
+
+
+def _check_resumable(cfg: TrainConfig, saved: dict[str, Any]) -> None:
+    now = cfg.to_dict()
+    diffs = [
+        f"{section}.{k}: checkpoint {saved[section].get(k)!r} != now {v!r}"
+        for section in now
+        if isinstance(now[section], dict)
+        for k, v in now[section].items()
+        if (section, k) not in _RESUME_MAY_CHANGE and saved.get(section, {}).get(k) != v
+    ]
+    if diffs:
+        raise ValueError(
+            "cannot resume: the config differs from the checkpoint's (only "
+            f"{sorted('.'.join(k) for k in _RESUME_MAY_CHANGE)} may change):\n  " + "\n  ".join(diffs)
+        )
+
+
+def _show_progress(cfg: TrainConfig, env: D.DistEnv) -> bool:
+    if not env.is_main or cfg.system.progress == "off":
+        return False
+    return cfg.system.progress == "on" or sys.stdout.isatty()
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    data: CifarData,
+    run_dir: str | os.PathLike[str],
+    resume: bool = False,
+    log=print,
+) -> dict[str, Any]:
+    """Trains ``cfg`` on ``data`` and evaluates every epoch; returns the results dict.
+
+    Args:
+        cfg: the resolved config.
+        data: train and test splits (uint8 images).
+        run_dir: where rank 0 writes the run directory (see the module docstring).
+        resume: continue from ``run_dir/checkpoint.pt`` (the config must match).
+        log: where rank 0's one-line-per-epoch summaries go.
+
+    Under torchrun each process calls this; the process group is set up here.
+    """
+    run_dir = Path(run_dir)
+    env = D.detect()
+    device = D.device_for(env, cfg.system.device)
+    env = D.setup(device)
+    if not env.is_main:
+        log = lambda *a, **k: None  # noqa: E731
+    with _global_torch_state(cfg, device):
+        return _train(cfg, data=data, run_dir=run_dir, resume=resume, env=env, device=device, log=log)
+
+
+def _train(cfg, *, data, run_dir, resume, env, device, log) -> dict[str, Any]:  # noqa: C901
+    s, o = cfg.system, cfg.optim
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    state = load_checkpoint(ckpt_path) if resume else None
+    if state is not None:
+        _check_resumable(cfg, state["config"])
+
+    torch.manual_seed(s.seed)  # the model init
+    core = build_model(cfg, num_classes=data.num_classes).to(device)
+    if s.channels_last:
+        core = core.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg, core)
+    criterion = build_loss(cfg)
+    num_aux = len(cfg.loss.aux_weights)
+
+    common = {"seed": s.seed, "device": device, "rank": env.rank, "world_size": env.world_size}
+    train_loader = TensorLoader(
+        data.train_images,
+        data.train_labels,
+        batch_size=o.batch_size,
+        shuffle=True,
+        drop_last=True,  # equal per-rank batches every step (DDP averages gradients)
+        augment=build_augment(cfg, train=True),
+        **common,
+    )
+    eval_bs = max(env.world_size, s.eval_batch_size // env.world_size * env.world_size)
+    test_loader = TensorLoader(
+        data.test_images,
+        data.test_labels,
+        batch_size=eval_bs,
+        shuffle=False,
+        augment=build_augment(cfg, train=False),
+        **common,
+    )
+    schedule = PaperSchedule(
+        steps_per_epoch=len(train_loader),
+        warmup_epochs=o.warmup_epochs,
+        milestones=o.milestones,
+        gamma=o.gamma,
+    )
+    scheduler = make_scheduler(optimizer, schedule)
+
+    start_epoch, best = 0, {"epoch": -1, "top1": -1.0, "top5": 0.0}
+    history: list[dict[str, Any]] = []
+    if state is not None:
+        core.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start_epoch, best = state["epoch"] + 1, state["best"]
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", cfg.to_dict())
+        (run_dir / "config.toml").write_text(config_to_toml(cfg))
+        starts = []
+        if resume and (run_dir / "environment.json").exists():
+            import json
+
+            starts = json.loads((run_dir / "environment.json").read_text()).get("starts", [])
+        entry = {**environment(device, env), "start_epoch": start_epoch, "resumed": resume}
+        write_json(run_dir / "environment.json", {"starts": [*starts, entry]})
+        # Drop lines of epochs the checkpoint does not cover (killed after logging them).
+        history = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["epoch"] < start_epoch]
+        write_jsonl(run_dir / "metrics.jsonl", history)
+    D.barrier()
+
+    net: nn.Module = D.wrap_ddp(core, env, device)
+    if s.compile:
+        net = torch.compile(net)
+    params = count_params(core)
+    log(f"model {cfg.model.arch} variant={cfg.model.variant} params={params / 1e6:.3f}M "
+        f"device={device} world_size={env.world_size} run_dir={run_dir}")
+    log(f"data: {data.source}")
+
+    show = _show_progress(cfg, env)
+    t_run = time.perf_counter()
+    epochs = tqdm(range(start_epoch, o.epochs), desc="epochs", disable=not show,
+                  initial=start_epoch, total=o.epochs)
+    for epoch in epochs:
+        t0 = time.perf_counter()
+        torch.manual_seed(derive_seed(s.seed, "torch", epoch))  # dropout: depends on (seed, epoch)
+        net.train()
+        sums = MetricSums(num_aux=num_aux, device=device)
+        lr_start = optimizer.param_groups[0]["lr"]
+        steps = tqdm(train_loader.epoch(epoch), total=len(train_loader), desc=f"epoch {epoch}",
+                     leave=False, disable=not show)
+        for x, y in steps:
+            with _autocast(cfg, device):
+                out = as_output(net(x))
+                parts = criterion(out, y)
+            optimizer.zero_grad(set_to_none=True)
+            parts.total.backward()
+            optimizer.step()
+            scheduler.step()
+            sums.add(logits=out.logits, target=y, loss=parts.total, main=parts.main, aux=parts.aux)
+        D.all_reduce_sum(sums.sums)
+        tr = sums.means()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t_train = time.perf_counter() - t0
+        te = evaluate(core, test_loader, criterion=criterion, cfg=cfg, num_aux=num_aux)
+        t_epoch = time.perf_counter() - t0
+        row = {
+            "epoch": epoch,
+            "loss": tr["loss"],
+            "main_loss": tr["main_loss"],
+            "aux_losses": tr["aux_losses"],
+            "lr": lr_start,
+            "lr_end": optimizer.param_groups[0]["lr"],
+            "train_top1": tr["top1"],
+            "train_top5": tr["top5"],
+            "test_loss": te["loss"],
+            "test_main_loss": te["main_loss"],
+            "test_top1": te["top1"],
+            "test_top5": te["top5"],
+            "epoch_time_s": t_epoch,
+            "train_time_s": t_train,
+            "eval_time_s": t_epoch - t_train,
+            "img_per_s": tr["n"] / t_train,
+        }
+        if te["top1"] > best["top1"]:
+            best = {"epoch": epoch, "top1": te["top1"], "top5": te["top5"]}
+        history.append(row)
+        if env.is_main:
+            append_jsonl(run_dir / "metrics.jsonl", row)
+            _plot(run_dir, history, cfg)
+            save_checkpoint(
+                run_dir / CHECKPOINT_NAME,
+                {
+                    "model": core.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "epoch": epoch,
+                    "best": best,
+                    "rng": rng_state(),
+                    "config": cfg.to_dict(),
+                },
+            )
+        msg = (f"epoch {epoch + 1}/{o.epochs} loss {row['loss']:.4f} lr {lr_start:.4g} "
+               f"train top1 {row['train_top1']:.2f} test top1 {row['test_top1']:.2f} "
+               f"top5 {row['test_top5']:.2f} | {t_epoch:.1f} s, {row['img_per_s']:.0f} img/s")
+        if show:
+            tqdm.write(msg)
+        else:
+            log(msg)
+        D.barrier()
+
+    results = _results(cfg, history, best, params=params, data=data, env=env)
+    results["wall_time_s_this_start"] = time.perf_counter() - t_run
+    if env.is_main:
+        write_json(run_dir / "results.json", results)
+        log(f"final (reported) test top1 {results['final']['top1']:.2f} top5 "
+            f"{results['final']['top5']:.2f}; best {results['best']['top1']:.2f} at epoch "
+            f"{results['best']['epoch']} (informational); results in {run_dir}")
+    D.barrier()
+    return results
+
+
+def _plot(run_dir: Path, history: list[dict[str, Any]], cfg: TrainConfig) -> None:
+    from condattn.train.plots import plot_curves  # deferred: matplotlib import is slow
+
+    plot_curves(history, run_dir / "curves.png", title=f"{cfg.name} ({cfg.model.variant})")
+
+
+def _results(cfg, history, best, *, params, data, env) -> dict[str, Any]:
+    last = history[-1] if history else {}
+    paper = cfg.paper.top1 or None
+    final_top1 = last.get("test_top1")
+    return {
+        "name": cfg.name,
+        "arch": cfg.model.arch,
+        "variant": cfg.model.variant,
+        "aux_weights": list(cfg.loss.aux_weights),
+        "seed": cfg.system.seed,
+        "epochs": cfg.optim.epochs,
+        "reported": "final",
+        "final": {
+            "epoch": last.get("epoch"),
+            "top1": final_top1,
+            "top5": last.get("test_top5"),
+            "test_loss": last.get("test_loss"),
+        },
+        "best": best,
+        "paper": {"tables": list(cfg.paper.tables), "row": cfg.paper.row, "top1": paper},
+        "delta_vs_paper": (final_top1 - paper) if paper and final_top1 is not None else None,
+        "params": params,
+        "data_source": data.source,
+        "num_train": int(data.train_images.shape[0]),
+        "num_test": int(data.test_images.shape[0]),
+        "world_size": env.world_size,
+        "total_time_s": sum(r["epoch_time_s"] for r in history),
+    }
