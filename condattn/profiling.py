@@ -17,10 +17,10 @@ Three MAC counters, all on a deep copy in eval mode, so the caller's model never
   everything else               0 (ReLU, Sigmoid, Dropout, pooling maxes, functional ops)
   ============================  ==========================================================
 
-- ``rules="thop"``: today's thop (``thop.profile``). It differs: BN counts 2 x elements only
-  in eval mode (as here) but adaptive pooling counts ``prod(kernel)`` without the ``+1``, Linear
-  counts the same, ReLU/Sigmoid count ``elements``... and it only sees modules that ran.
-  We run it on a copy so its ``total_ops``/``total_params`` buffers never reach your model.
+- ``rules="thop"``: the installed thop (0.1.x, ``thop.profile``). Its rules differ from 0.0.31:
+  convs ignore the bias (``out elements x Cin/groups x prod(k)``), affine BatchNorm counts
+  ``4 x elements``, and it sees only modules that ran; Linear and adaptive pooling count as above.
+  It leaves ``total_ops``/``total_params`` buffers on every module, so it runs on a copy here.
 - ``rules="flop_counter"``: ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs / 2 = MACs) of
   matmul-like ATen ops only (conv, mm, addmm, bmm): no BN, pooling or bias terms, but it sees
   functional ops that module hooks miss.
