@@ -46,16 +46,26 @@ def _resolve_recipe(name: str) -> str:
 
 def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="recipe TOML (e.g. recipes/quick.toml or table3/se_r_resnet50)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set optim.epochs=2 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optim.epochs=2 (repeatable)",
+    )
     p.add_argument("--data", help="CIFAR-100 folder or archive (default: search ../shared/data...)")
     p.add_argument("--out", help="run directory (default: runs/<recipe name>)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    p.add_argument("--download", action="store_true",
-                   help="download CIFAR-100 when not found (needs internet)")
-    p.add_argument("--synthetic", action="store_true",
-                   help="train on an in-memory synthetic CIFAR-100 stand-in")
+    p.add_argument(
+        "--download", action="store_true", help="download CIFAR-100 when not found (needs internet)"
+    )
+    p.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="train on an in-memory synthetic CIFAR-100 stand-in",
+    )
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -79,11 +89,14 @@ def _run_train(args: argparse.Namespace) -> int:
         for name in ("checkpoint.pt", "metrics.jsonl", "results.json", "environment.json"):
             (run_dir / name).unlink(missing_ok=True)
     data = load_data(cfg, root=args.data, synthetic=args.synthetic, download=args.download)
-    if env.is_main:
-        print(f"data: {data.source}", flush=True)
     try:
-        train(cfg, data=data, run_dir=run_dir, resume=args.resume,
-              log=lambda *a: print(*a, flush=True))
+        train(
+            cfg,
+            data=data,
+            run_dir=run_dir,
+            resume=args.resume,
+            log=lambda *a: print(*a, flush=True),
+        )
     finally:
         D.cleanup()
     return 0
@@ -119,14 +132,27 @@ def _run_eval(args: argparse.Namespace) -> int:
     model = build_model(cfg, num_classes=data.num_classes)
     model.load_state_dict(state["model"])
     model.to(device)
-    loader = TensorLoader(data.test_images, data.test_labels, batch_size=cfg.system.eval_batch_size,
-                          shuffle=False, augment=build_augment(cfg, train=False), device=device)
+    loader = TensorLoader(
+        data.test_images,
+        data.test_labels,
+        batch_size=cfg.system.eval_batch_size,
+        shuffle=False,
+        augment=build_augment(cfg, train=False),
+        device=device,
+    )
     with torch.inference_mode():
-        res = evaluate(model, loader, criterion=build_loss(cfg), cfg=cfg,
-                       num_aux=len(cfg.loss.aux_weights))
-    out = {"checkpoint": str(args.checkpoint), "epoch": state["epoch"], "data": data.source,
-           "test_top1": res["top1"], "test_top5": res["top5"], "test_loss": res["loss"],
-           "n": res["n"]}
+        res = evaluate(
+            model, loader, criterion=build_loss(cfg), cfg=cfg, num_aux=len(cfg.loss.aux_weights)
+        )
+    out = {
+        "checkpoint": str(args.checkpoint),
+        "epoch": state["epoch"],
+        "data": data.source,
+        "test_top1": res["top1"],
+        "test_top5": res["top5"],
+        "test_loss": res["loss"],
+        "n": res["n"],
+    }
     print(json.dumps(out, indent=2))
     return 0
 
@@ -201,12 +227,15 @@ def _run_profile(args: argparse.Namespace) -> int:
 
     if args.rules not in MAC_RULES:
         raise UserError(f"unknown --rules {args.rules!r}; valid: {', '.join(MAC_RULES)}")
-    cfg = config_from_dict({"model": {"arch": args.model, "variant": args.variant, "r": args.r,
-                                      "aux_at": args.aux_at}})
+    cfg = config_from_dict(
+        {"model": {"arch": args.model, "variant": args.variant, "r": args.r, "aux_at": args.aux_at}}
+    )
     model = build_model(cfg, num_classes=args.num_classes)
     params, macs = count_params(model), count_macs(model, (1, 3, 32, 32), rules=args.rules)
-    print(f"{args.model} variant={args.variant} r={args.r}: params {params / 1e6:.3f}M, "
-          f"MACs {macs / 1e9:.3f}G (rules={args.rules}, input 1x3x32x32)")
+    print(
+        f"{args.model} variant={args.variant} r={args.r}: params {params / 1e6:.3f}M, "
+        f"MACs {macs / 1e9:.3f}G (rules={args.rules}, input 1x3x32x32)"
+    )
     return 0
 
 

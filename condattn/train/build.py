@@ -83,7 +83,10 @@ def load_data(
         data = load_cifar100(where, download=download)
     train_x, train_y = _subset(data.train_images, data.train_labels, cfg.data.train_subset, "tr")
     test_x, test_y = _subset(data.test_images, data.test_labels, cfg.data.test_subset, "te")
-    if (train_x.shape[0], test_x.shape[0]) == (data.train_images.shape[0], data.test_images.shape[0]):
+    if (train_x.shape[0], test_x.shape[0]) == (
+        data.train_images.shape[0],
+        data.test_images.shape[0],
+    ):
         return data
     source = f"{data.source} [subset: {train_x.shape[0]} train, {test_x.shape[0]} test]"
     return CifarData(train_x, train_y, test_x, test_y, data.classes, source)

@@ -3,7 +3,7 @@
 Run directory (written by rank 0 only)::
 
     config.json, config.toml   the resolved config (explicit lossW etc.)
-    environment.json           device, torch version, git SHA, threads, hostname (one entry per start)
+    environment.json           device, torch version, git SHA, threads, host (one entry per start)
     metrics.jsonl              one line per epoch (losses, lr, train/test top-1/top-5, timings)
     checkpoint.pt              written atomically after every epoch; ``resume=True`` continues it
     curves.png                 train and test top-1 error vs epoch (paper Figs. 3-5)
@@ -159,7 +159,8 @@ def _check_resumable(cfg: TrainConfig, saved: dict[str, Any]) -> None:
     if diffs:
         raise ValueError(
             "cannot resume: the config differs from the checkpoint's (only "
-            f"{sorted('.'.join(k) for k in _RESUME_MAY_CHANGE)} may change):\n  " + "\n  ".join(diffs)
+            f"{sorted('.'.join(k) for k in _RESUME_MAY_CHANGE)} may change):\n  "
+            + "\n  ".join(diffs)
         )
 
 
@@ -195,10 +196,12 @@ def train(
     if not env.is_main:
         log = lambda *a, **k: None  # noqa: E731
     with _global_torch_state(cfg, device):
-        return _train(cfg, data=data, run_dir=run_dir, resume=resume, env=env, device=device, log=log)
+        return _train(
+            cfg, data=data, run_dir=run_dir, resume=resume, env=env, device=device, log=log
+        )
 
 
-def _train(cfg, *, data, run_dir, resume, env, device, log) -> dict[str, Any]:  # noqa: C901
+def _train(cfg, *, data, run_dir, resume, env, device, log) -> dict[str, Any]:
     s, o = cfg.system, cfg.optim
     ckpt_path = run_dir / CHECKPOINT_NAME
     state = load_checkpoint(ckpt_path) if resume else None
@@ -268,23 +271,37 @@ def _train(cfg, *, data, run_dir, resume, env, device, log) -> dict[str, Any]:  
     if s.compile:
         net = torch.compile(net)
     params = count_params(core)
-    log(f"model {cfg.model.arch} variant={cfg.model.variant} params={params / 1e6:.3f}M "
-        f"device={device} world_size={env.world_size} run_dir={run_dir}")
+    log(
+        f"model {cfg.model.arch} variant={cfg.model.variant} params={params / 1e6:.3f}M "
+        f"device={device} world_size={env.world_size} run_dir={run_dir}"
+    )
     log(f"data: {data.source}")
 
     show = _show_progress(cfg, env)
     t_run = time.perf_counter()
-    epochs = tqdm(range(start_epoch, o.epochs), desc="epochs", disable=not show,
-                  initial=start_epoch, total=o.epochs)
+    epochs = tqdm(
+        range(start_epoch, o.epochs),
+        desc="epochs",
+        disable=not show,
+        initial=start_epoch,
+        total=o.epochs,
+    )
     for epoch in epochs:
         t0 = time.perf_counter()
         torch.manual_seed(derive_seed(s.seed, "torch", epoch))  # dropout: depends on (seed, epoch)
         net.train()
         sums = MetricSums(num_aux=num_aux, device=device)
         lr_start = optimizer.param_groups[0]["lr"]
-        steps = tqdm(train_loader.epoch(epoch), total=len(train_loader), desc=f"epoch {epoch}",
-                     leave=False, disable=not show)
+        steps = tqdm(
+            train_loader.epoch(epoch),
+            total=len(train_loader),
+            desc=f"epoch {epoch}",
+            leave=False,
+            disable=not show,
+        )
+        lr_last = lr_start
         for x, y in steps:
+            lr_last = optimizer.param_groups[0]["lr"]
             with _autocast(cfg, device):
                 out = as_output(net(x))
                 parts = criterion(out, y)
@@ -305,8 +322,8 @@ def _train(cfg, *, data, run_dir, resume, env, device, log) -> dict[str, Any]:  
             "loss": tr["loss"],
             "main_loss": tr["main_loss"],
             "aux_losses": tr["aux_losses"],
-            "lr": lr_start,
-            "lr_end": optimizer.param_groups[0]["lr"],
+            "lr": lr_start,  # the first step's lr (warm-up: tiny in epoch 0)
+            "lr_last": lr_last,
             "train_top1": tr["top1"],
             "train_top5": tr["top5"],
             "test_loss": te["loss"],
@@ -336,9 +353,11 @@ def _train(cfg, *, data, run_dir, resume, env, device, log) -> dict[str, Any]:  
                     "config": cfg.to_dict(),
                 },
             )
-        msg = (f"epoch {epoch + 1}/{o.epochs} loss {row['loss']:.4f} lr {lr_start:.4g} "
-               f"train top1 {row['train_top1']:.2f} test top1 {row['test_top1']:.2f} "
-               f"top5 {row['test_top5']:.2f} | {t_epoch:.1f} s, {row['img_per_s']:.0f} img/s")
+        msg = (
+            f"epoch {epoch + 1}/{o.epochs} loss {row['loss']:.4f} lr {lr_start:.4g} "
+            f"train top1 {row['train_top1']:.2f} test top1 {row['test_top1']:.2f} "
+            f"top5 {row['test_top5']:.2f} | {t_epoch:.1f} s, {row['img_per_s']:.0f} img/s"
+        )
         if show:
             tqdm.write(msg)
         else:
@@ -349,9 +368,11 @@ def _train(cfg, *, data, run_dir, resume, env, device, log) -> dict[str, Any]:  
     results["wall_time_s_this_start"] = time.perf_counter() - t_run
     if env.is_main:
         write_json(run_dir / "results.json", results)
-        log(f"final (reported) test top1 {results['final']['top1']:.2f} top5 "
+        log(
+            f"final (reported) test top1 {results['final']['top1']:.2f} top5 "
             f"{results['final']['top5']:.2f}; best {results['best']['top1']:.2f} at epoch "
-            f"{results['best']['epoch']} (informational); results in {run_dir}")
+            f"{results['best']['epoch']} (informational); results in {run_dir}"
+        )
     D.barrier()
     return results
 

@@ -73,10 +73,17 @@ def plot_comparison(
         for i, (label, history) in enumerate(runs.items()):
             colour = f"C{i % 10}"
             epochs = [r["epoch"] + 1 for r in history]
-            ax.plot(epochs, [100 - r["test_top1"] for r in history], color=colour,
-                    label=f"{label} test")
-            ax.plot(epochs, [100 - r["train_top1"] for r in history], color=colour,
-                    linestyle="--", alpha=0.6, label=f"{label} train")
+            ax.plot(
+                epochs, [100 - r["test_top1"] for r in history], color=colour, label=f"{label} test"
+            )
+            ax.plot(
+                epochs,
+                [100 - r["train_top1"] for r in history],
+                color=colour,
+                linestyle="--",
+                alpha=0.6,
+                label=f"{label} train",
+            )
         ax.set(xlabel="epoch", ylabel="top-1 error (%)", title=title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")

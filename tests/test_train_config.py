@@ -1,0 +1,144 @@
+"""Config: recipes, inheritance, --set overrides with type coercion, validation messages."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from condattn.train.config import (
+    PAPER_LOSS_W,
+    ConfigError,
+    TrainConfig,
+    apply_overrides,
+    config_from_dict,
+    config_to_toml,
+    load_recipe,
+)
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover
+    import tomli as tomllib
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def test_defaults_are_the_paper_recipe() -> None:
+    cfg = config_from_dict({})
+    o = cfg.optim
+    assert (o.lr, o.momentum, o.nesterov, o.weight_decay) == (0.1, 0.9, True, 5e-4)
+    assert (o.batch_size, o.epochs, o.warmup_epochs) == (128, 200, 1)
+    assert (o.milestones, o.gamma) == ((60, 120, 160), 0.2)
+    assert cfg.model.aux_dropout == 0.7 and cfg.model.r == 8
+    assert cfg.model.cond_init == "default"
+    assert cfg.loss.aux_weights == PAPER_LOSS_W[50]  # resolved from the depth of se_resnet50
+
+
+@pytest.mark.parametrize(("depth", "weights"), sorted(PAPER_LOSS_W.items()))
+def test_per_depth_loss_weights(depth: int, weights: tuple[float, float]) -> None:
+    cfg = config_from_dict({"model": {"arch": f"se_resnet{depth}"}})
+    assert cfg.loss.aux_weights == weights
+
+
+def test_plain_variant_has_no_heads() -> None:
+    cfg = config_from_dict({"model": {"variant": "se"}})
+    assert cfg.model.aux_at == () and cfg.loss.aux_weights == () and cfg.num_heads == 0
+
+
+def test_unknown_key_lists_valid_keys() -> None:
+    with pytest.raises(ConfigError, match=r"optim\.lrr.*valid keys in \[optim\]: lr, momentum"):
+        config_from_dict({"optim": {"lrr": 0.1}})
+    with pytest.raises(ConfigError, match="unknown top-level key"):
+        config_from_dict({"epochs": 3})
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "pattern"),
+    [
+        ("model", "variant", "se_x", r"choose one of: \('se', 'se_a', 'se_r'\)"),
+        ("model", "cond_init", "ones", "choose one of"),
+        ("model", "arch", "resnet7", "not a registered model; valid: .*se_resnet50"),
+        ("system", "device", "tpu", "choose one of"),
+        ("optim", "epochs", "many", "must be an integer"),
+        ("optim", "lr", [1], "must be a number"),
+        ("system", "bf16", "maybe", "true or false"),
+    ],
+)
+def test_bad_values_are_refused(section: str, key: str, value: object, pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        config_from_dict({section: {key: value}})
+
+
+def test_weight_count_must_match_heads() -> None:
+    with pytest.raises(ConfigError, match="has 1 entries but the model has 2 aux"):
+        config_from_dict({"loss": {"aux_weights": [0.3]}})
+
+
+def test_set_overrides_coerce_types() -> None:
+    d = apply_overrides(
+        {},
+        [
+            "optim.epochs=3",
+            "lr=0.05",  # a bare key that only [optim] has
+            "model.aux_at=layer1,layer3",
+            "widths=[8, 16, 32, 64]",
+            "system.bf16=true",
+            "loss.aux_weights=[0.5, 0.25]",
+            "data.max_angle=10",  # int -> float
+            "name=my run",
+        ],
+    )
+    cfg = config_from_dict(d)
+    assert cfg.optim.epochs == 3 and isinstance(cfg.optim.epochs, int)
+    assert cfg.optim.lr == 0.05
+    assert cfg.model.aux_at == ("layer1", "layer3")
+    assert cfg.model.widths == (8, 16, 32, 64)
+    assert cfg.system.bf16 is True
+    assert cfg.loss.aux_weights == (0.5, 0.25)
+    assert cfg.data.max_angle == 10.0 and isinstance(cfg.data.max_angle, float)
+    assert cfg.name == "my run"
+
+
+def test_set_refuses_unknown_and_ambiguous_keys() -> None:
+    with pytest.raises(ConfigError, match=r"unknown key 'optim\.lrate'.*lr, momentum"):
+        apply_overrides({}, ["optim.lrate=1"])
+    with pytest.raises(ConfigError, match=r"'nope' is unknown; valid keys: .*optim\.lr"):
+        apply_overrides({}, ["nope=1"])
+    with pytest.raises(ConfigError, match="must look like key=value"):
+        apply_overrides({}, ["epochs"])
+    with pytest.raises(ConfigError, match="unknown section"):
+        apply_overrides({}, ["optimizer.lr=1"])
+
+
+def test_unknown_recipe_lists_recipes() -> None:
+    with pytest.raises(ConfigError, match=r"unknown recipe.*quick\.toml.*table3/se_r_resnet50"):
+        load_recipe(RECIPES / "table3" / "se_r_resnet500.toml")
+
+
+def test_inheritance_and_cycles(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text("[optim]\nepochs = 7\nlr = 0.2\n[model]\nr = 16\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.toml").write_text('base = "../a.toml"\n[optim]\nlr = 0.3\n')
+    cfg = load_recipe(tmp_path / "sub" / "b.toml", ["model.r=4"])
+    assert (cfg.optim.epochs, cfg.optim.lr, cfg.model.r, cfg.name) == (7, 0.3, 4, "b")
+    (tmp_path / "c.toml").write_text('base = "d.toml"\n')
+    (tmp_path / "d.toml").write_text('base = "c.toml"\n')
+    with pytest.raises(ConfigError, match="cycle"):
+        load_recipe(tmp_path / "c.toml")
+    (tmp_path / "e.toml").write_text('base = "missing.toml"\n')
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_recipe(tmp_path / "e.toml")
+
+
+def test_toml_round_trip() -> None:
+    cfg = load_recipe(RECIPES / "quick.toml", ["system.seed=3"])
+    again = config_from_dict(tomllib.loads(config_to_toml(cfg)))
+    assert again == cfg
+
+
+def test_config_is_frozen() -> None:
+    cfg = TrainConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.name = "x"  # type: ignore[misc]
