@@ -95,12 +95,18 @@ def trace(
             else ("", type(model).__name__)
         )
         qual = where[0] or "<root>"
+        # The root itself cannot be a leaf: only concrete_args (or a rewrite) can help there.
+        leaf_hint = (
+            f"keep that module whole with convert(..., leaf_modules=[{where[0]!r}]) "
+            "(it must not contain the attention to condition), or "
+            if where[0]
+            else "move the data-dependent code into a submodule and name it in leaf_modules=, or "
+        )
         raise ConversionError(
             f"torch.fx could not trace the model: in module {qual!r} ({where[1]}): "
             f"{type(e).__name__}: {e}\n"
-            f"Fix: keep that module whole with convert(..., leaf_modules=[{where[0]!r}]) "
-            "(it must not contain the attention to condition), or fix data-dependent Python "
-            "control flow with convert(..., concrete_args={...})."
+            f"Fix: {leaf_hint}fix data-dependent Python control flow with "
+            "convert(..., concrete_args={...})."
         ) from e
     return TraceResult(
         graph=graph, module_outputs=tracer.module_outputs, call_order=tracer.call_order
@@ -173,6 +179,18 @@ def _is_act(node: fx.Node, gm: fx.GraphModule) -> bool:
     return False
 
 
+def _is_shape_query(node: fx.Node) -> bool:
+    """``t.shape`` / ``t.size()`` / ``t.dim()``: reads metadata only, not the values."""
+    if node.op == "call_function" and node.target is getattr:
+        return len(node.args) > 1 and node.args[1] in ("shape", "ndim")
+    return node.op == "call_method" and node.target in ("size", "dim")
+
+
+def _value_users(node: fx.Node) -> list[fx.Node]:
+    """Users that read ``node``'s values (``s.view(s.shape[0], -1, 1, 1)`` counts once)."""
+    return [u for u in node.users if not _is_shape_query(u)]
+
+
 def _is_shape_op(node: fx.Node) -> bool:
     if node.op == "call_method":
         return node.target in _SHAPE_METHODS
@@ -240,7 +258,7 @@ def find_inline_se(gm: fx.GraphModule) -> list[InlineSE]:
                 src = _global_avg_pool_input(cur, gm)
                 if src is not None:
                     break
-                if len(cur.users) != 1:
+                if len(_value_users(cur)) != 1:
                     cur = None
                     break
                 if _is_learned_map(cur, gm):

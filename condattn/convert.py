@@ -196,6 +196,24 @@ def _trace(model, *, leaf_modules, concrete_args, example) -> _Traced:
     return _Traced(gm, outputs, attention, kinds, placeholders[0], logits)
 
 
+def _check_aux_model(aux_model: nn.Module, example: torch.Tensor, n: int) -> None:
+    """The auxiliary model must return one ``(batch, n)`` tensor in eval (and so train) mode."""
+    was_training = aux_model.training
+    aux_model.eval()
+    try:
+        with torch.no_grad():
+            out = aux_model(example)
+    finally:
+        aux_model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != n:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConversionError(
+            f"aux_model must return one (batch, {n}) tensor of logits, the classes of the main "
+            f"model; it returned {got}. Build it with num_classes={n} (and, for torchvision's "
+            "GoogLeNet, aux_logits=False)."
+        )
+
+
 def _order(gm: fx.GraphModule) -> dict[fx.Node, int]:
     return {n: i for i, n in enumerate(gm.graph.nodes)}
 
@@ -338,6 +356,7 @@ def convert(
     head_outputs: list[fx.Node] = []
     used = {name for name, _ in gm.named_modules()}
     if aux_model is not None:
+        _check_aux_model(aux_model, example, n)
         gm.add_submodule(AUX_MODEL, aux_model)
         with graph.inserting_after(t.input):
             head_outputs.append(graph.call_module(AUX_MODEL, (t.input,)))
@@ -514,6 +533,8 @@ def load(
     *,
     aux_model: nn.Module | None = None,
     map_location: str | torch.device | None = "cpu",
+    leaf_modules: Sequence[str | type[nn.Module]] = (),
+    concrete_args: dict[str, Any] | None = None,
 ) -> fx.GraphModule:
     """Rebuild a model saved with :func:`save`: re-convert ``base_model``, then load the weights.
 
@@ -522,8 +543,17 @@ def load(
         base_model: a model of the same architecture as the one converted (its weights are
             replaced).
         aux_model: the auxiliary model's architecture, if the conversion had one.
+        leaf_modules: leaf module *types* given to :func:`convert` (names are saved in the file).
+        concrete_args: the ``concrete_args`` given to :func:`convert` (they are not saved).
     """
-    payload = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # torch.load raises many types for a foreign file
+        raise ValueError(
+            f"{path} is not a condattn checkpoint (written by condattn.save): {e}"
+        ) from e
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         raise ValueError(f"{path} is not a condattn checkpoint (written by condattn.save)")
     cfg = ConvertConfig.from_json(payload["config"])
@@ -544,7 +574,8 @@ def load(
         aux_model=aux_model,
         aux_head=cfg.aux_head,
         example_input=torch.zeros(cfg.example_shape) if cfg.example_shape else None,
-        leaf_modules=cfg.leaf_modules,
+        leaf_modules=(*cfg.leaf_modules, *leaf_modules),
+        concrete_args=concrete_args,
     )
     model.load_state_dict(payload["state_dict"], strict=True)
     return model

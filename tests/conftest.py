@@ -36,3 +36,14 @@ def _torch_seed() -> None:
     ``strategies.seeds``), so that each example replays the same tensors when shrinking.
     """
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """One intra-op thread for the whole suite: the tests use tiny models, which gain nothing
+    from a second thread, and two OpenMP threads on shared, busy cores spin-wait and run small
+    convs many times slower than one. Subprocess tests (torchrun, CLI) set their own."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
