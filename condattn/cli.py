@@ -1,4 +1,4 @@
-"""The ``condattn`` command line: ``train``, ``eval``, ``report`` and ``profile``.
+"""The ``condattn`` command line: ``train``, ``eval``, ``report``, ``profile`` and ``analyze``.
 
 Subcommands live in :data:`COMMANDS` (name -> (help, add_arguments, run)); add one there.
 
@@ -11,6 +11,7 @@ Examples::
     condattn eval runs/quick/checkpoint.pt
     condattn report runs/se_resnet50 runs/se_r_resnet50 --plot cmp.png
     condattn profile se_resnet50 --variant se_r --rules paper
+    condattn analyze runs/se_resnet50/checkpoint.pt runs/se_r_resnet50/checkpoint.pt
 """
 
 from __future__ import annotations
@@ -239,7 +240,19 @@ def _run_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-# name -> (help, add_arguments, run); add a subcommand (e.g. "analyze") by adding an entry.
+def _add_analyze(p: argparse.ArgumentParser) -> None:
+    from condattn.analysis import add_analyze_arguments  # deferred: keep `condattn -h` fast
+
+    add_analyze_arguments(p)
+
+
+def _run_analyze(args: argparse.Namespace) -> int:
+    from condattn.analysis import run_analyze
+
+    return run_analyze(args)
+
+
+# name -> (help, add_arguments, run); add a subcommand by adding an entry.
 COMMANDS: dict[
     str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 ] = {
@@ -247,6 +260,11 @@ COMMANDS: dict[
     "eval": ("evaluate a checkpoint on the test set", _add_eval, _run_eval),
     "report": ("compare finished runs (table + plot)", _add_report, _run_report),
     "profile": ("count params and MACs of a model", _add_profile, _run_profile),
+    "analyze": (
+        "std of the attention gates s per block (paper Fig. 6)",
+        _add_analyze,
+        _run_analyze,
+    ),
 }
 
 
@@ -266,7 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command][2](args)
-    except (UserError, ConfigError, CifarDataError) as err:
+    except (UserError, ConfigError, CifarDataError, ValueError, FileNotFoundError) as err:
+        # ValueError covers the library's own argument checks (e.g. ConversionError), whose
+        # messages name the valid choices.
         print(f"condattn {args.command}: error: {err}", file=sys.stderr)
         return 2
 

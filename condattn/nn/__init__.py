@@ -4,6 +4,7 @@ from condattn.nn.aux_head import AuxHead
 from condattn.nn.cbam import Cbam, CondCbam
 from condattn.nn.coord_attn import CondCoordAttn, CoordAttn
 from condattn.nn.eca import CondEca, Eca
+from condattn.nn.fused import FusedSqueezeExcite, fuse_squeeze_excite
 from condattn.nn.squeeze_excite import (
     CondEffectiveSE,
     CondLinear,
@@ -22,5 +23,7 @@ __all__ = [
     "CondSqueezeExcite",
     "CoordAttn",
     "Eca",
+    "FusedSqueezeExcite",
     "SqueezeExcite",
+    "fuse_squeeze_excite",
 ]

@@ -8,8 +8,8 @@ Eager autograd runs the SE block as ~10 kernels, and three of them touch the who
 - the accumulation of those two gradients of ``x``.
 
 :func:`se_gate` does the same maths in one ``torch.autograd.Function`` whose backward makes two
-passes over the big tensors: ``dL/ds = sum_hw(g * x)`` as a batched dot product (``bmm``, no
-temporary) and ``dL/dx = g * s + dL/dz / HW`` in one ``addcmul``. The MLP (``B x C`` sized) is
+passes over the big tensors: ``dL/ds = sum_hw(g * x)`` (a batched dot product, ``bmm``, when
+H*W is small) and ``dL/dx = g * s + dL/dz / HW`` in one ``addcmul``. The MLP (``B x C`` sized) is
 differentiated by hand: ``s = sigmoid(W2 relu(W1 [T; z] + b1) + b2)`` (paper Eqs. 2 and 5).
 
 :class:`FusedSqueezeExcite` is a drop-in for :class:`~condattn.nn.SqueezeExcite` and
@@ -30,11 +30,18 @@ from condattn.nn.squeeze_excite import CondSqueezeExcite, SqueezeExcite
 __all__ = ["FusedSqueezeExcite", "fuse_squeeze_excite", "scale_channels", "se_gate"]
 
 
+# Above this many positions per channel, CPU bmm of (1 x HW) @ (HW x 1) slices is ~10x slower
+# than mul + sum (measured at B=32, C=64, HW=1024 on a Xeon with MKL, torch 2.14, 1 thread).
+_BMM_MAX_HW = 256
+
+
 def _sum_hw_product(g: Tensor, x: Tensor) -> Tensor:
-    """``(g * x).sum((2, 3))`` as ``(B, C)``, without materialising ``g * x`` when contiguous."""
+    """``(g * x).sum((2, 3))`` as ``(B, C)``; a batched dot product (no ``g * x`` temporary)
+    for contiguous inputs with small H*W, where it is faster."""
     b, c = x.shape[:2]
-    if g.is_contiguous() and x.is_contiguous():
-        return torch.bmm(g.reshape(b * c, 1, -1), x.reshape(b * c, -1, 1)).view(b, c)
+    hw = x.shape[2] * x.shape[3]
+    if hw <= _BMM_MAX_HW and g.is_contiguous() and x.is_contiguous():
+        return torch.bmm(g.reshape(b * c, 1, hw), x.reshape(b * c, hw, 1)).view(b, c)
     return (g * x).sum((2, 3))
 
 

@@ -210,6 +210,10 @@ def _train(cfg, *, data, run_dir, resume, env, device, log) -> dict[str, Any]:
 
     torch.manual_seed(s.seed)  # the model init
     core = build_model(cfg, num_classes=data.num_classes).to(device)
+    if s.fused_se:
+        from condattn.nn import fuse_squeeze_excite
+
+        core = fuse_squeeze_excite(core, inplace=True)
     if s.channels_last:
         core = core.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, core)

@@ -1,0 +1,90 @@
+"""Each benchmark script's main() runs on its --smoke config and writes JSON + markdown."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench_modules():
+    import torch
+
+    threads = torch.get_num_threads()  # the smoke configs set 1 thread; give it back afterwards
+    sys.path.insert(0, str(BENCH))
+    try:
+        yield {n: importlib.import_module(n) for n in ("params_macs", "throughput", "convert_time")}
+    finally:
+        sys.path.remove(str(BENCH))
+        torch.set_num_threads(threads)
+
+
+def _check_outputs(out: Path, stem: str) -> dict:
+    js, md = out / f"{stem}_cpu.json", out / f"{stem}_cpu.md"
+    assert js.is_file() and md.is_file(), f"{stem}: expected {js.name} and {md.name} in {out}"
+    payload = json.loads(js.read_text())
+    cond = payload["conditions"]
+    for key in ("device", "torch", "threads", "hostname", "git_sha"):
+        assert key in cond, f"{stem}: conditions lack {key}"
+    text = md.read_text()
+    assert "Command:" in text and "Conditions:" in text and "|" in text
+    return payload
+
+
+def test_params_macs_smoke(bench_modules, tmp_path):
+    assert bench_modules["params_macs"].main(["--smoke", "--out", str(tmp_path)]) == 0
+    payload = _check_outputs(tmp_path, "params_macs")
+    assert {r["variant"] for r in payload["se"]} == {"se", "se_a", "se_r"}
+    assert payload["families"], "the second table (other attention blocks) is empty"
+
+
+def test_params_macs_paper_numbers_are_checked(bench_modules):
+    pm = bench_modules["params_macs"]
+    assert pm.PAPER[(101, "se_r")] == (57.243, 2.546)
+    assert set(pm.VARIANTS) == {"se", "se_a", "se_r"}
+
+
+def test_throughput_smoke(bench_modules, tmp_path):
+    tp = bench_modules["throughput"]
+    assert tp.main(["--smoke", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    payload = _check_outputs(tmp_path, "throughput")
+    a = payload["a"]["18"]
+    assert {"se_r/se_a", "se_r/se"} <= set(a["train"])
+    assert set(a["train"]["timings"]) == {"se", "se_a", "se_r"}
+    assert "memory_train" in a
+    b = payload["b"]
+    assert set(b["train"]["se/plain"]) == {"eager", "fused"}
+    assert {"paired", "medians", "minima"} <= set(b["train"]["se/plain"]["eager"])
+    assert "paired se_r/se" in a["train"]
+    assert b["profile_total_ms"]["se"] > 0
+
+
+def test_convert_time_smoke(bench_modules, tmp_path):
+    ct = bench_modules["convert_time"]
+    assert ct.main(["--smoke", "--out", str(tmp_path)]) == 0
+    payload = _check_outputs(tmp_path, "convert_time")
+    (rec,) = payload["models"].values()
+    assert rec["median_s"] > 0 and "profile" in rec
+
+
+def test_interleaved_rotates_and_summarizes(bench_modules):
+    import _common as C
+    import torch
+
+    calls = []
+    res = C.interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+        device=torch.device("cpu"),
+        warmup=1,
+        repeats=3,
+    )
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then rotating rounds
+    assert res["a"]["n"] == 3 and res["a"]["median_s"] >= 0
+    assert C.summarize([1.0, 2.0, 3.0, 4.0, 100.0])["median_s"] == 3.0
+    assert C.device_slug(torch.device("cpu")) == "cpu"
