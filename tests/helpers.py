@@ -158,3 +158,17 @@ def randomize_batchnorm_(model: nn.Module) -> nn.Module:
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.normal_(0.0, 0.5)
     return model
+
+
+# The files every finished run folder holds (condattn.train.loop).
+RUN_FILES = frozenset(
+    {
+        "config.json",
+        "config.toml",
+        "environment.json",
+        "metrics.jsonl",
+        "checkpoint.pt",
+        "curves.png",
+        "results.json",
+    }
+)

@@ -154,7 +154,6 @@ def test_analyze_command_on_condattn_save_files(tmp_path):
 
 
 def test_analyze_command_on_run_checkpoint(tmp_path):
-    pytest.importorskip("condattn.train.checkpoint")
     from condattn.train.build import build_model
     from condattn.train.checkpoint import save_checkpoint
     from condattn.train.config import config_from_dict

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import RUN_FILES
 
 import condattn
 from condattn.cli import COMMANDS, main
@@ -27,16 +28,6 @@ TINY = [
     "system.threads=1",  # 2 threads on 2 shared cores can be far slower than 1
     "system.progress=off",
 ]
-RUN_FILES = {
-    "config.json",
-    "config.toml",
-    "environment.json",
-    "metrics.jsonl",
-    "checkpoint.pt",
-    "curves.png",
-    "results.json",
-}
-HAS_CONVERT = hasattr(condattn, "convert")
 
 
 def _sets(items: list[str]) -> list[str]:
@@ -62,7 +53,7 @@ def _assert_png(path: Path) -> None:
     "variant",
     [
         "se",
-        pytest.param("se_r", marks=pytest.mark.skipif(not HAS_CONVERT, reason="no convert yet")),
+        "se_r",
     ],
 )
 def test_train_writes_a_complete_run(variant: str, data_dir: Path, tmp_path: Path, capsys) -> None:
@@ -193,7 +184,6 @@ def test_profile(capsys) -> None:
     assert main(["profile", "se_resnet18", "--variant", "se_q"]) == 2
 
 
-@pytest.mark.skipif(not HAS_CONVERT, reason="no convert yet")
 def test_profile_se_r_adds_heads(capsys) -> None:
     assert main(["profile", "se_resnet18", "--variant", "se_r"]) == 0
     se_r = capsys.readouterr().out

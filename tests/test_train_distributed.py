@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import RUN_FILES
 
 from condattn.data import write_synthetic_cifar100
 
@@ -24,15 +25,6 @@ SETS = [
     "system.threads=1",
     "system.progress=off",
 ]
-RUN_FILES = {
-    "config.json",
-    "config.toml",
-    "environment.json",
-    "metrics.jsonl",
-    "checkpoint.pt",
-    "curves.png",
-    "results.json",
-}
 
 
 def _free_port() -> int:

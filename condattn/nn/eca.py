@@ -19,10 +19,18 @@ def eca_kernel_size(channels: int, *, gamma: int = 2, beta: int = 1) -> int:
     return max(t if t % 2 else t + 1, 1)
 
 
-def _check_odd(k: int) -> None:
+def _eca_conv(channels: int, kernel_size: int | None, *, gamma: int, beta: int) -> nn.Conv1d:
+    """The 1-D conv across channels (odd k, adaptive when ``kernel_size`` is None, no bias)."""
+    check_positive_int("channels", channels)
+    k = (
+        kernel_size
+        if kernel_size is not None
+        else eca_kernel_size(channels, gamma=gamma, beta=beta)
+    )
     check_positive_int("kernel_size", k)
     if k % 2 == 0:
         raise ValueError(f"kernel_size must be odd, got {k}")
+    return nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False)
 
 
 def _channel_logits(conv: nn.Conv1d, x: Tensor) -> Tensor:
@@ -50,15 +58,8 @@ class Eca(nn.Module):
         gate_layer: type[nn.Module] = nn.Sigmoid,
     ):
         super().__init__()
-        check_positive_int("channels", channels)
-        k = (
-            kernel_size
-            if kernel_size is not None
-            else eca_kernel_size(channels, gamma=gamma, beta=beta)
-        )
-        _check_odd(k)
         self.channels = channels
-        self.conv = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False)
+        self.conv = _eca_conv(channels, kernel_size, gamma=gamma, beta=beta)
         self.gate = gate_layer()
 
     def _scale(self, x: Tensor) -> Tensor:
@@ -93,15 +94,8 @@ class CondEca(nn.Module):
         gate_layer: type[nn.Module] = nn.Sigmoid,
     ):
         super().__init__()
-        check_positive_int("channels", channels)
-        k = (
-            kernel_size
-            if kernel_size is not None
-            else eca_kernel_size(channels, gamma=gamma, beta=beta)
-        )
-        _check_odd(k)
         self.channels = channels
-        self.conv = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False)
+        self.conv = _eca_conv(channels, kernel_size, gamma=gamma, beta=beta)
         self.gate = gate_layer()
         self.cond_dim = cond_dim_of(cond_dim)
         self.cond_fc = nn.Linear(cond_dim, channels, bias=False)  # W_T
