@@ -34,6 +34,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import device_name, interleaved
+
 from condattn.data import (
     CIFAR100_MEAN,
     CIFAR100_STD,
@@ -64,26 +67,11 @@ class PILDataset(torch.utils.data.Dataset):
         return self.transform(self.images[i]), self.labels[i]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _time_interleaved(passes: dict, *, n: int, warmup: int, repeats: int, device) -> dict:
-    """Times one full pass of each pipeline per round, alternating, so that load from other
-    processes hits both pipelines alike. Returns images/s per pipeline and round."""
-    for _ in range(warmup):
-        for run_pass in passes.values():
-            run_pass()
-    rates: dict[str, list[float]] = {name: [] for name in passes}
-    for _ in range(repeats):
-        for name, run_pass in passes.items():
-            _sync(device)
-            start = time.perf_counter()
-            run_pass()
-            _sync(device)
-            rates[name].append(n / (time.perf_counter() - start))
-    return rates
+    """One full pass of each pipeline per round, alternating (``_common.interleaved``), so that
+    load from other processes hits both pipelines alike. Returns images/s per pipeline and round."""
+    res = interleaved(passes, device=device, warmup=warmup, repeats=repeats)
+    return {name: [n / t for t in r["times_s"]] for name, r in res.items()}
 
 
 def make_ours(images, labels, *, batch_size, device):
@@ -155,16 +143,6 @@ def _fmt_busy(busy: float | None) -> str:
     return "n/a" if busy is None else f"{100 * busy:.0f}%"
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n-images", type=int, default=10000)
@@ -208,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
     ours, pil = rates["ours"], rates["pil"]
     load_after, busy_after = os.getloadavg()[0], _busy_fraction()
     ours_med, pil_med = statistics.median(ours), statistics.median(pil)
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    dev_name = device_name(device)
     result = {
         "benchmark": "data_pipeline",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -216,8 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
             [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
         ),
         "device": str(device),
-        "device_name": device_name,
-        "cpu": _cpu_name(),
+        "device_name": dev_name,
+        "cpu": device_name(torch.device("cpu")),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -251,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
         pass
 
     print(
-        f"device {device} ({device_name}), torch {torch.__version__}, threads {args.threads} "
+        f"device {device} ({dev_name}), torch {torch.__version__}, threads {args.threads} "
         f"(PIL workers {workers}), batch {args.batch_size}, n {n}, "
         f"warmup {args.warmup}, repeats {args.repeats}"
     )
@@ -271,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     stem.with_suffix(".md").write_text(
         f"# data_pipeline ({device.type})\n\n"
-        f"`{result['command']}` on {device_name}, torch {torch.__version__}, "
+        f"`{result['command']}` on {dev_name}, torch {torch.__version__}, "
         f"{result['date']}. Data: {source}. {n} images, batch {args.batch_size}, "
         f"median of {args.repeats} passes after {args.warmup} warm-up. CPU busy with other "
         f"processes before/after: {_fmt_busy(busy_before)}/{_fmt_busy(busy_after)}.\n\n"
