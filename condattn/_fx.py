@@ -19,8 +19,6 @@ class TraceResult:
     graph: fx.Graph
     # qualified module name -> the node holding its (last) output, for every module called
     module_outputs: dict[str, fx.Node] = field(default_factory=dict)
-    # qualified module names in the order their calls finished
-    call_order: list[str] = field(default_factory=list)
 
 
 class _CondTracer(fx.Tracer):
@@ -41,7 +39,6 @@ class _CondTracer(fx.Tracer):
         self.leaf_types = leaf_types
         self.leaf_names = set(leaf_names)
         self.module_outputs: dict[str, fx.Node] = {}
-        self.call_order: list[str] = []
         self.module_stack_names: list[tuple[str, str]] = []
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
@@ -56,7 +53,6 @@ class _CondTracer(fx.Tracer):
         self.module_stack_names.pop()
         if isinstance(out, fx.Proxy):
             self.module_outputs[name] = out.node
-            self.call_order.append(name)
         return out
 
 
@@ -108,9 +104,7 @@ def trace(
             f"Fix: {leaf_hint}fix data-dependent Python control flow with "
             "convert(..., concrete_args={...})."
         ) from e
-    return TraceResult(
-        graph=graph, module_outputs=tracer.module_outputs, call_order=tracer.call_order
-    )
+    return TraceResult(graph=graph, module_outputs=tracer.module_outputs)
 
 
 def parent_name(target: str) -> tuple[str, str]:

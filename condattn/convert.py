@@ -397,6 +397,10 @@ def convert(
 
     # 5. swap the fed attention for its twins
     mapping = get_attention_mapping()
+    calls: dict[str, list[fx.Node]] = {}
+    for x in graph.nodes:
+        if x.op == "call_module":
+            calls.setdefault(x.target, []).append(x)
     for h, atts in routing.items():
         for att in atts:
             node = t.attention[att]
@@ -409,10 +413,8 @@ def convert(
                     src._condattn_channels = int(c[1])
                 twin = mapping[type(src)](src, cond_dim=n, init=init)
             _fx.replace_submodule(gm, node.target, twin)
-            for user_node in [
-                x for x in graph.nodes if x.op == "call_module" and x.target == node.target
-            ]:
-                user_node.args = (*user_node.args, cond_nodes[h])
+            for call in calls.get(node.target, ()):  # every call of a shared module gets T
+                call.args = (*call.args, cond_nodes[h])
 
     # 6. rewire the output
     out = next(x for x in graph.nodes if x.op == "output")

@@ -72,9 +72,18 @@ def init_cond_columns(weight: Tensor, cond_dim: int, init: str) -> None:
 
 
 @torch.no_grad()
-def copy_into(dst: Tensor, src: Tensor) -> None:
-    """Copy ``src`` into ``dst``, flattening 1x1 conv kernels to matrices when shapes differ."""
-    dst.copy_(src.reshape(dst.shape))
+def load_layer(dst: nn.Module, src: nn.Module, *, cond_dim: int = 0, init: str = "zeros") -> None:
+    """Copy ``src``'s weight (and bias) into ``dst``, a layer with ``cond_dim`` more inputs.
+
+    The source weight goes into ``dst.weight[:, cond_dim:]`` (1x1 conv kernels and matrices are
+    interchangeable); the T-columns ``[:, :cond_dim]`` are set by :func:`init_cond_columns`.
+    A bias-free source leaves ``dst``'s bias as it is.
+    """
+    dst.weight[:, cond_dim:].copy_(src.weight.reshape(dst.weight[:, cond_dim:].shape))
+    if cond_dim:
+        init_cond_columns(dst.weight, cond_dim, init)
+    if src.bias is not None:
+        dst.bias.copy_(src.bias)
 
 
 def cond_dim_of(cond_dim: int) -> int:

@@ -12,8 +12,7 @@ from condattn.nn._common import (
     check_positive_int,
     check_source,
     cond_dim_of,
-    copy_into,
-    init_cond_columns,
+    load_layer,
     reduced_channels,
 )
 
@@ -183,11 +182,6 @@ class CondCbam(nn.Module):
         out.spatial_conv = copy.deepcopy(spatial_conv)
         out.spatial_norm = copy.deepcopy(spatial_norm)
         out.spatial_gate = copy.deepcopy(spatial_gate)
-        copy_into(out.fc1.weight[:, cond_dim:], fc1.weight.detach())
-        init_cond_columns(out.fc1.weight, cond_dim, init)
-        copy_into(out.fc2.weight, fc2.weight.detach())
-        with torch.no_grad():
-            if fc1.bias is not None:
-                out.fc1.bias.copy_(fc1.bias)
-                out.fc2.bias.copy_(fc2.bias)
+        load_layer(out.fc1, fc1, cond_dim=cond_dim, init=init)
+        load_layer(out.fc2, fc2)
         return out.to(device=fc1.weight.device, dtype=fc1.weight.dtype)

@@ -13,8 +13,7 @@ from condattn.nn._common import (
     check_positive_int,
     check_source,
     cond_dim_of,
-    copy_into,
-    init_cond_columns,
+    load_layer,
 )
 
 __all__ = ["CondCoordAttn", "CoordAttn"]
@@ -180,9 +179,5 @@ class CondCoordAttn(nn.Module):
         out.gate = copy.deepcopy(gate)
         out.conv_h = copy.deepcopy(conv_h)
         out.conv_w = copy.deepcopy(conv_w)
-        copy_into(out.conv1.weight[:, cond_dim:], conv1.weight.detach())
-        init_cond_columns(out.conv1.weight, cond_dim, init)
-        if conv1.bias is not None:
-            with torch.no_grad():
-                out.conv1.bias.copy_(conv1.bias)
+        load_layer(out.conv1, conv1, cond_dim=cond_dim, init=init)
         return out.to(device=conv1.weight.device, dtype=conv1.weight.dtype)

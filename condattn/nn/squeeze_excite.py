@@ -11,8 +11,7 @@ from condattn.nn._common import (
     as_cond,
     check_source,
     cond_dim_of,
-    copy_into,
-    init_cond_columns,
+    load_layer,
     reduced_channels,
 )
 
@@ -174,14 +173,8 @@ class CondSqueezeExcite(nn.Module):
         )
         out.act = copy.deepcopy(act)
         out.gate = copy.deepcopy(gate)
-        w1 = out.fc1.weight
-        copy_into(w1[:, cond_dim:], fc1.weight.detach())
-        init_cond_columns(w1, cond_dim, init)
-        copy_into(out.fc2.weight, fc2.weight.detach())
-        with torch.no_grad():
-            if fc1.bias is not None:
-                out.fc1.bias.copy_(fc1.bias)
-                out.fc2.bias.copy_(fc2.bias)
+        load_layer(out.fc1, fc1, cond_dim=cond_dim, init=init)
+        load_layer(out.fc2, fc2)
         return out.to(device=fc1.weight.device, dtype=fc1.weight.dtype)
 
 
@@ -244,11 +237,7 @@ class CondLinear(nn.Module):
         out = cls(
             cin, cout, cond_dim=cond_dim, bias=src.bias is not None, conv=isinstance(src, nn.Conv2d)
         )
-        copy_into(out.weight[:, cond_dim:], src.weight.detach())
-        init_cond_columns(out.weight, cond_dim, init)
-        if src.bias is not None:
-            with torch.no_grad():
-                out.bias.copy_(src.bias)
+        load_layer(out, src, cond_dim=cond_dim, init=init)
         return out.to(device=src.weight.device, dtype=src.weight.dtype)
 
     def extra_repr(self) -> str:
@@ -309,11 +298,8 @@ class CondEffectiveSE(nn.Module):
         c = fc.weight.shape[0]
         out = cls(c, cond_dim=cond_dim, add_maxpool=add_maxpool)
         out.gate = copy.deepcopy(gate)
-        copy_into(out.fc.weight[:, cond_dim:], fc.weight.detach())
-        init_cond_columns(out.fc.weight, cond_dim, init)
-        with torch.no_grad():
-            if fc.bias is not None:
-                out.fc.bias.copy_(fc.bias)
-            else:
+        load_layer(out.fc, fc, cond_dim=cond_dim, init=init)
+        if fc.bias is None:  # our twin always has a bias: a zero one computes the same
+            with torch.no_grad():
                 out.fc.bias.zero_()
         return out.to(device=fc.weight.device, dtype=fc.weight.dtype)
