@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import conditions, conditions_line, md_table, write_results
 
 from condattn.train.build import load_data
-from condattn.train.config import load_recipe
 from condattn.train.loop import train
+from condattn.train.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS: dict[str, list[str]] = {

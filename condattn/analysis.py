@@ -354,7 +354,7 @@ def load_model(
     payload = torch.load(file, map_location="cpu", weights_only=False)
     if isinstance(payload, dict) and "format_version" in payload and "config" in payload:
         from condattn.train.build import build_model
-        from condattn.train.config import config_from_dict
+        from condattn.train.recipe import config_from_dict
 
         cfg = config_from_dict(payload["config"])
         n = num_classes or _num_classes(payload["model"])

@@ -72,8 +72,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from condattn.train import distributed as D
     from condattn.train.build import load_data
-    from condattn.train.config import load_recipe
     from condattn.train.loop import train
+    from condattn.train.recipe import load_recipe
 
     cfg = load_recipe(_resolve_recipe(args.recipe), args.overrides)
     run_dir = Path(args.out) if args.out else Path("runs") / cfg.name
@@ -122,8 +122,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     from condattn.train import distributed as D
     from condattn.train.build import build_augment, build_loss, build_model, load_data
     from condattn.train.checkpoint import load_checkpoint
-    from condattn.train.config import config_from_dict
     from condattn.train.loop import evaluate
+    from condattn.train.recipe import config_from_dict
 
     state = load_checkpoint(args.checkpoint)
     cfg = config_from_dict(state["config"])
@@ -224,7 +224,7 @@ def _add_profile(p: argparse.ArgumentParser) -> None:
 def _run_profile(args: argparse.Namespace) -> int:
     from condattn.profiling import MAC_RULES, count_macs, count_params
     from condattn.train.build import build_model
-    from condattn.train.config import config_from_dict
+    from condattn.train.recipe import config_from_dict
 
     if args.rules not in MAC_RULES:
         raise UserError(f"unknown --rules {args.rules!r}; valid: {', '.join(MAC_RULES)}")

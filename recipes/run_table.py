@@ -30,7 +30,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
-from condattn.train.config import list_recipes, load_recipe  # noqa: E402
+from condattn.train.recipe import list_recipes, load_recipe  # noqa: E402
 
 
 def table_recipes(table: str) -> list[tuple[str, object]]:

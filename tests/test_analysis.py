@@ -156,7 +156,7 @@ def test_analyze_command_on_condattn_save_files(tmp_path):
 def test_analyze_command_on_run_checkpoint(tmp_path):
     from condattn.train.build import build_model
     from condattn.train.checkpoint import save_checkpoint
-    from condattn.train.config import config_from_dict
+    from condattn.train.recipe import config_from_dict
 
     cfg = config_from_dict({"model": {"arch": "se_resnet18", "variant": "se_r", "widths": TINY}})
     model = build_model(cfg, num_classes=100)

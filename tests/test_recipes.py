@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from condattn.train.config import list_recipes, load_recipe
+from condattn.train.recipe import list_recipes, load_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 ALL = list_recipes(RECIPES)

@@ -7,15 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from condattn.train.config import (
-    PAPER_LOSS_W,
-    ConfigError,
-    TrainConfig,
-    apply_overrides,
-    config_from_dict,
-    config_to_toml,
-    load_recipe,
-)
+from condattn.train.config import PAPER_LOSS_W, ConfigError, TrainConfig
+from condattn.train.recipe import apply_overrides, config_from_dict, config_to_toml, load_recipe
 
 try:
     import tomllib

@@ -1,42 +1,26 @@
-"""Typed, frozen training configuration: TOML recipes with inheritance and ``--set`` overrides.
+"""Typed, frozen training configuration: the schema of a run and its cross-field checks.
 
-A recipe is a TOML file with up to six tables, one per dataclass below::
+One frozen dataclass per recipe table (``[model]``, ``[loss]``, ``[optim]``, ``[data]``,
+``[system]``, ``[paper]``), each default with a why-comment; :data:`SECTIONS` maps the table
+names to them and :data:`CHOICES` holds the fixed vocabularies. :func:`validate` applies the
+cross-field rules and resolves defaults (e.g. the paper's lossW per depth).
 
-    base = "../base.toml"        # optional: inherit (deep-merge) from another recipe first
-    name = "se_r_resnet50"
-    [model]  arch = "se_resnet50"; variant = "se_r"; aux_at = ["layer2", "layer3"] ...
-    [loss]   aux_weights = [0.3, 0.3]
-    [optim]  lr = 0.1; milestones = [60, 120, 160]; gamma = 0.2 ...
-    [data]   train_subset = 0 ...
-    [system] seed = 0; bf16 = false ...
-    [paper]  tables = ["3", "4"]; row = "SE-R-ResNet50"; top1 = 79.96
-
-Every key is checked: an unknown key, a value of the wrong type or a value outside a fixed
-vocabulary raises :class:`ConfigError` that lists the valid choices. ``--set section.key=value``
-(or a bare ``key=value`` when the key name is unique across sections) overrides one value; the
-value is parsed as TOML (``0.1``, ``true``, ``[0.3, 0.3]``) and falls back to a plain string.
+Reading recipes (TOML files with ``base`` inheritance), ``--set`` overrides and writing a
+config back to TOML live in :mod:`condattn.train.recipe`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
-import types
-import typing
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
-
 __all__ = [
+    "CHOICES",
     "PAPER_LOSS_W",
+    "SECTIONS",
     "VARIANTS",
     "ConfigError",
     "DataConfig",
@@ -46,10 +30,7 @@ __all__ = [
     "PaperConfig",
     "SystemConfig",
     "TrainConfig",
-    "apply_overrides",
-    "config_from_dict",
-    "config_to_toml",
-    "load_recipe",
+    "validate",
 ]
 
 VARIANTS = ("se", "se_a", "se_r")  # plain SE-ResNet, aux heads only (SE-A), conditioned (SE-R)
@@ -208,89 +189,14 @@ SECTIONS: dict[str, type] = {
     "system": SystemConfig,
     "paper": PaperConfig,
 }
-_TOP_LEVEL = ("name", "base", *SECTIONS)
-_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+# The fixed vocabularies, by (section, key): a value outside them is refused with this list.
+CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("model", "variant"): VARIANTS,
     ("model", "cond_init"): COND_INITS,
     ("model", "cond"): CONDS,
     ("system", "device"): DEVICES,
     ("system", "progress"): ("auto", "on", "off"),
 }
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Converts a TOML/override value to the annotated type, or raises ConfigError."""
-    origin = typing.get_origin(tp)
-    if origin is tuple:
-        (inner, _ellipsis) = typing.get_args(tp)
-        if isinstance(value, str):  # "--set aux_at=layer2,layer3" or "--set widths="
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
-        return tuple(_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
-    if origin in (typing.Union, types.UnionType):
-        raise ConfigError(f"unsupported type {tp} for {where}")  # pragma: no cover
-    if tp is bool:
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise ConfigError(f"{where} must be an integer, got {value!r}")
-        try:
-            return int(value)
-        except ValueError:
-            raise ConfigError(f"{where} must be an integer, got {value!r}") from None
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ConfigError(f"{where} must be a number, got {value!r}")
-        try:
-            return float(value)
-        except ValueError:
-            raise ConfigError(f"{where} must be a number, got {value!r}") from None
-    if tp is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{where} must be a string, got {value!r}")
-        return str(value)
-    raise ConfigError(f"unsupported type {tp} for {where}")  # pragma: no cover
-
-
-def _build_section(cls: type, values: Mapping[str, Any], section: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    unknown = sorted(set(values) - set(hints))
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}; valid keys in "
-            f"[{section}]: {', '.join(hints)}"
-        )
-    kwargs = {}
-    for key, value in values.items():
-        v = _coerce(value, hints[key], f"{section}.{key}")
-        choices = _CHOICES.get((section, key))
-        if choices is not None and v not in choices:
-            raise ConfigError(f"{section}.{key}={v!r} is not valid; choose one of: {choices}")
-        kwargs[key] = v
-    return cls(**kwargs)
-
-
-def config_from_dict(d: Mapping[str, Any]) -> TrainConfig:
-    """Builds and validates a :class:`TrainConfig` from a nested dict (``base`` must be gone)."""
-    unknown = sorted(set(d) - set(_TOP_LEVEL) - {"base"})
-    if unknown:
-        raise ConfigError(
-            f"unknown top-level key(s) {unknown}; valid: {', '.join(_TOP_LEVEL)} "
-            "(put options inside their [section])"
-        )
-    sections = {}
-    for name, cls in SECTIONS.items():
-        values = d.get(name, {})
-        if not isinstance(values, Mapping):
-            raise ConfigError(f"[{name}] must be a table, got {values!r}")
-        sections[name] = _build_section(cls, values, name)
-    cfg = TrainConfig(name=str(d.get("name", "run")), **sections)
-    return validate(cfg)
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
@@ -331,118 +237,3 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if min(cfg.data.train_subset, cfg.data.test_subset, cfg.system.threads) < 0:
         raise ConfigError("data.train_subset, data.test_subset and system.threads must be >= 0")
     return cfg
-
-
-def _read_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Reads a recipe and merges its ``base`` chain (paths relative to the including file)."""
-    path = path.resolve()
-    if path in seen:
-        raise ConfigError(f"recipe inheritance cycle: {' -> '.join(map(str, (*seen, path)))}")
-    try:
-        with open(path, "rb") as f:
-            d = tomllib.load(f)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path} is not valid TOML: {err}") from err
-    base = d.pop("base", None)
-    if base is None:
-        return d
-    if not isinstance(base, str):
-        raise ConfigError(f"{path}: base must be a path string, got {base!r}")
-    base_path = path.parent / base
-    if not base_path.is_file():
-        raise ConfigError(f"{path}: base recipe {base_path} does not exist")
-    return _merge(_read_toml(base_path, (*seen, path)), d)
-
-
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def list_recipes(root: str | os.PathLike[str]) -> list[str]:
-    """Recipe files under ``root`` (relative paths), excluding inherited-only ``base*.toml``."""
-    root = Path(root)
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*.toml") if p.name != "base.toml")
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def apply_overrides(d: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Applies ``key=value`` overrides to a nested recipe dict (returns a new dict).
-
-    ``key`` is ``section.field`` or ``name``, or a bare field name that is unique across
-    sections (``epochs=2`` means ``optim.epochs=2``).
-    """
-    out = _merge(d, {})
-    fields = {s: [f.name for f in dataclasses.fields(c)] for s, c in SECTIONS.items()}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key=value")
-        key, text = (s.strip() for s in item.split("=", 1))
-        if key == "name":
-            out["name"] = text
-            continue
-        if "." in key:
-            section, name = key.split(".", 1)
-        else:
-            owners = [s for s, names in fields.items() if key in names]
-            if len(owners) != 1:
-                valid = sorted(f"{s}.{n}" for s, names in fields.items() for n in names)
-                why = "is ambiguous" if owners else "is unknown"
-                raise ConfigError(f"override key {key!r} {why}; valid keys: {', '.join(valid)}")
-            section, name = owners[0], key
-        if section not in fields:
-            raise ConfigError(f"unknown section {section!r} in {key!r}; valid: {list(fields)}")
-        if name not in fields[section]:
-            raise ConfigError(
-                f"unknown key {key!r}; valid keys in [{section}]: {', '.join(fields[section])}"
-            )
-        out.setdefault(section, {})
-        out[section] = {**out[section], name: _parse_value(text)}
-    return out
-
-
-def load_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> TrainConfig:
-    """Reads a recipe (with its ``base`` chain), applies ``overrides`` and validates it.
-
-    Raises:
-        ConfigError: the file is missing (the message lists the recipes next to it), is not
-            TOML, or holds an unknown key or an invalid value.
-    """
-    p = Path(path)
-    if not p.is_file():
-        root = next((q for q in (p.parent, *p.parents) if q.name == "recipes"), Path("recipes"))
-        valid = list_recipes(root) if root.is_dir() else []
-        hint = f"; recipes in {root}: {', '.join(valid)}" if valid else ""
-        raise ConfigError(f"unknown recipe {str(path)!r}: no such file{hint}")
-    d = _read_toml(p)
-    d.setdefault("name", p.stem)
-    return config_from_dict(apply_overrides(d, overrides))
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {v!r} as TOML")  # pragma: no cover
-
-
-def config_to_toml(cfg: TrainConfig) -> str:
-    """The resolved config as a self-contained TOML recipe (no ``base``)."""
-    d = cfg.to_dict()
-    lines = [f"name = {_toml_value(d.pop('name'))}"]
-    for section, values in d.items():
-        lines += ["", f"[{section}]"] + [f"{k} = {_toml_value(v)}" for k, v in values.items()]
-    return "\n".join(lines) + "\n"

@@ -52,8 +52,9 @@ from condattn.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from condattn.train.config import TrainConfig, config_to_toml
+from condattn.train.config import TrainConfig
 from condattn.train.metrics import MetricSums, append_jsonl, read_jsonl, write_json, write_jsonl
+from condattn.train.recipe import config_to_toml
 from condattn.train.schedule import PaperSchedule, make_scheduler
 
 __all__ = ["TIMING_FIELDS", "environment", "evaluate", "train"]
