@@ -12,12 +12,12 @@ generators seeded by ``(seed, e)`` alone and is drawn for the whole epoch up fro
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterator
 
 import torch
 
+from condattn._io import derive_seed
 from condattn.data.augment import AugParams, BatchAugment
 
 __all__ = ["TensorLoader", "epoch_generator"]
@@ -31,8 +31,7 @@ def epoch_generator(seed: int, epoch: int, stream: str) -> torch.Generator:
         epoch: the epoch number.
         stream: a name that separates independent streams ("order", "augment").
     """
-    digest = hashlib.blake2b(f"{seed}:{epoch}:{stream}".encode(), digest_size=8).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
+    return torch.Generator().manual_seed(derive_seed(seed, epoch, stream))
 
 
 class TensorLoader:

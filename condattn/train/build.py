@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from condattn._io import derive_seed
+from condattn.convert import convert
 from condattn.data import (
     BatchAugment,
     CifarData,
@@ -27,7 +28,6 @@ __all__ = [
     "build_loss",
     "build_model",
     "build_optimizer",
-    "derive_seed",
     "load_data",
 ]
 
@@ -38,12 +38,6 @@ _NOT_FOUND = (
     "the official archive into ./data (needs internet access); --synthetic trains on a small "
     "synthetic set instead."
 )
-
-
-def derive_seed(seed: int, *parts: object) -> int:
-    """A 63-bit seed that depends only on ``seed`` and ``parts`` (e.g. the epoch)."""
-    text = ":".join(str(p) for p in (seed, *parts))
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
 
 
 def _subset(images: Tensor, labels: Tensor, n: int, stream: str) -> tuple[Tensor, Tensor]:
@@ -112,9 +106,10 @@ def build_model(cfg: TrainConfig, *, num_classes: int) -> nn.Module:
     """Creates ``model.arch`` and converts it for the variant.
 
     - ``se``: the plain model (its tensor output is wrapped by :func:`as_output`);
-    - ``se_a``: ``condattn.convert(..., conditioned=False)``: heads and loss, attention untouched;
-    - ``se_r``: ``condattn.convert(..., conditioned=True)``; with ``model.aux_model`` the
-      section 5.6 variant, where that network supplies T.
+    - ``se_a``: :func:`~condattn.convert.convert` with ``conditioned=False``: heads and loss,
+      attention untouched;
+    - ``se_r``: the same with ``conditioned=True``; with ``model.aux_model`` the section 5.6
+      variant, where that network supplies T.
 
     Seed torch before calling it for a reproducible init.
     """
@@ -125,11 +120,6 @@ def build_model(cfg: TrainConfig, *, num_classes: int) -> nn.Module:
     net = create_model(m.arch, **kwargs)
     if m.variant == "se":
         return net
-    import condattn  # deferred: convert lives in the transforms layer
-
-    convert = getattr(condattn, "convert", None)
-    if convert is None:
-        raise RuntimeError(f"model.variant={m.variant!r} needs condattn.convert (not available)")
     aux_model = create_model(m.aux_model, num_classes=num_classes) if m.aux_model else None
     return convert(
         net,

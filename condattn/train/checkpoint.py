@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from condattn._io import atomic_torch_save
+
 __all__ = ["CHECKPOINT_NAME", "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -39,31 +41,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
-    """Writes ``state`` with ``torch.save`` atomically.
+    """Writes ``state`` (plus the format version) with ``torch.save``, atomically.
 
-    The bytes go to a temporary file in the same folder, which is flushed and fsynced and then
-    renamed over ``path`` with ``os.replace`` (atomic on POSIX); the folder is fsynced too, so a
-    crash leaves either the old or the new checkpoint, never a torn one.
+    A crash leaves either the old or the new checkpoint, never a torn one
+    (:func:`condattn._io.atomic_torch_save`).
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"format_version": FORMAT_VERSION, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    atomic_torch_save({"format_version": FORMAT_VERSION, **state}, path)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Run directory (written by rank 0 only)::
 
     config.json, config.toml   the resolved config (explicit lossW etc.)
-    environment.json           device, torch version, git SHA, threads, host (one entry per start)
+    environment.json           device, torch, git SHA, threads, host (one entry per start)
     metrics.jsonl              one line per epoch (losses, lr, train/test top-1/top-5, timings)
     checkpoint.pt              written atomically after every epoch; ``resume=True`` continues it
     curves.png                 train and test top-1 error vs epoch (paper Figs. 3-5)
@@ -19,13 +19,12 @@ exactly the trajectory of an uninterrupted run (bit-identical weights and metric
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
-import platform
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from condattn._io import atomic_write_text, derive_seed, provenance
 from condattn.data import CifarData, TensorLoader
 from condattn.losses import DeepSupervisionLoss
 from condattn.profiling import count_params
@@ -43,7 +43,6 @@ from condattn.train.build import (
     build_loss,
     build_model,
     build_optimizer,
-    derive_seed,
 )
 from condattn.train.checkpoint import (
     CHECKPOINT_NAME,
@@ -57,45 +56,12 @@ from condattn.train.metrics import MetricSums, append_jsonl, read_jsonl, write_j
 from condattn.train.recipe import config_to_toml
 from condattn.train.schedule import PaperSchedule, make_scheduler
 
-__all__ = ["TIMING_FIELDS", "environment", "evaluate", "train"]
+__all__ = ["TIMING_FIELDS", "evaluate", "train"]
 
 # Fields of a metrics.jsonl line that measure time and so differ between identical runs.
 TIMING_FIELDS = ("epoch_time_s", "train_time_s", "eval_time_s", "img_per_s")
 # Config keys that may differ when resuming (they do not change the trajectory).
 _RESUME_MAY_CHANGE = {("system", "progress"), ("optim", "epochs")}
-
-
-def environment(device: torch.device, env: D.DistEnv) -> dict[str, Any]:
-    """What ran the job: device, torch version, git SHA, threads, hostname."""
-    repo = Path(__file__).resolve().parents[2]
-
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(
-                ["git", *args], cwd=repo, capture_output=True, text=True, timeout=10, check=True
-            )
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip()
-
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "hostname": socket.gethostname(),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "git_sha": git("rev-parse", "HEAD"),
-        "git_dirty": bool(dirty) if dirty is not None else None,
-        "threads": torch.get_num_threads(),
-        "world_size": env.world_size,
-        "argv": sys.argv,
-    }
 
 
 @contextlib.contextmanager
@@ -177,7 +143,7 @@ def train(
     data: CifarData,
     run_dir: str | os.PathLike[str],
     resume: bool = False,
-    log=print,
+    log: Callable[..., None] = print,
 ) -> dict[str, Any]:
     """Trains ``cfg`` on ``data`` and evaluates every epoch; returns the results dict.
 
@@ -197,30 +163,50 @@ def train(
     if not env.is_main:
         log = lambda *a, **k: None  # noqa: E731
     with _global_torch_state(cfg, device):
-        return _train(
-            cfg, data=data, run_dir=run_dir, resume=resume, env=env, device=device, log=log
-        )
+        state = load_checkpoint(run_dir / CHECKPOINT_NAME) if resume else None
+        if state is not None:
+            _check_resumable(cfg, state["config"])  # before building anything: fail fast
+        run = _build(cfg, data=data, run_dir=run_dir, env=env, device=device)
+        _restore(run, state, resume=resume)
+        return _fit(run, data=data, log=log)
 
 
-def _train(cfg, *, data, run_dir, resume, env, device, log) -> dict[str, Any]:
+@dataclasses.dataclass
+class _Run:
+    """The objects of one run, built by :func:`_build` and advanced epoch by epoch."""
+
+    cfg: TrainConfig
+    env: D.DistEnv
+    device: torch.device
+    run_dir: Path
+    core: nn.Module  # the model itself: what is checkpointed and evaluated
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    criterion: DeepSupervisionLoss
+    train_loader: TensorLoader
+    test_loader: TensorLoader
+    start_epoch: int = 0
+    # The best test top-1 so far (informational; the final epoch is the reported number).
+    best: dict[str, Any] = dataclasses.field(
+        default_factory=lambda: {"epoch": -1, "top1": -1.0, "top5": 0.0}
+    )
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    @property
+    def num_aux(self) -> int:
+        return len(self.cfg.loss.aux_weights)
+
+
+def _build(
+    cfg: TrainConfig, *, data: CifarData, run_dir: Path, env: D.DistEnv, device: torch.device
+) -> _Run:
+    """Step 1: the model (seeded init), optimiser, loss, loaders and the paper's schedule."""
     s, o = cfg.system, cfg.optim
-    ckpt_path = run_dir / CHECKPOINT_NAME
-    state = load_checkpoint(ckpt_path) if resume else None
-    if state is not None:
-        _check_resumable(cfg, state["config"])
-
     torch.manual_seed(s.seed)  # the model init
     core = build_model(cfg, num_classes=data.num_classes).to(device)
-    if s.fused_se:
-        from condattn.nn import fuse_squeeze_excite
-
-        core = fuse_squeeze_excite(core, inplace=True)
     if s.channels_last:
         core = core.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, core)
-    criterion = build_loss(cfg)
-    num_aux = len(cfg.loss.aux_weights)
-
     common = {"seed": s.seed, "device": device, "rank": env.rank, "world_size": env.world_size}
     train_loader = TensorLoader(
         data.train_images,
@@ -246,140 +232,180 @@ def _train(cfg, *, data, run_dir, resume, env, device, log) -> dict[str, Any]:
         milestones=o.milestones,
         gamma=o.gamma,
     )
-    scheduler = make_scheduler(optimizer, schedule)
+    return _Run(
+        cfg=cfg,
+        env=env,
+        device=device,
+        run_dir=run_dir,
+        core=core,
+        optimizer=optimizer,
+        scheduler=make_scheduler(optimizer, schedule),
+        criterion=build_loss(cfg),
+        train_loader=train_loader,
+        test_loader=test_loader,
+    )
 
-    start_epoch, best = 0, {"epoch": -1, "top1": -1.0, "top5": 0.0}
-    history: list[dict[str, Any]] = []
+
+def _restore(run: _Run, state: dict[str, Any] | None, *, resume: bool) -> None:
+    """Step 2: continue from a checkpoint's ``state`` (if any); rank 0 opens the run dir."""
     if state is not None:
-        core.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        run.core.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
-        start_epoch, best = state["epoch"] + 1, state["best"]
-    if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", cfg.to_dict())
-        (run_dir / "config.toml").write_text(config_to_toml(cfg))
-        starts = []
-        if resume and (run_dir / "environment.json").exists():
-            import json
-
-            starts = json.loads((run_dir / "environment.json").read_text()).get("starts", [])
-        entry = {**environment(device, env), "start_epoch": start_epoch, "resumed": resume}
-        write_json(run_dir / "environment.json", {"starts": [*starts, entry]})
-        # Drop lines of epochs the checkpoint does not cover (killed after logging them).
-        history = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["epoch"] < start_epoch]
-        write_jsonl(run_dir / "metrics.jsonl", history)
+        run.start_epoch, run.best = state["epoch"] + 1, state["best"]
+    if run.env.is_main:
+        _open_run_dir(run, resume=resume)
     D.barrier()
 
-    net: nn.Module = D.wrap_ddp(core, env, device)
-    if s.compile:
+
+def _open_run_dir(run: _Run, *, resume: bool) -> None:
+    """Writes the config and this start's environment; keeps the metrics the checkpoint covers."""
+    d, cfg = run.run_dir, run.cfg
+    d.mkdir(parents=True, exist_ok=True)
+    write_json(d / "config.json", cfg.to_dict())
+    atomic_write_text(d / "config.toml", config_to_toml(cfg))
+    starts = []
+    if resume and (d / "environment.json").exists():
+        starts = json.loads((d / "environment.json").read_text()).get("starts", [])
+    entry = {
+        **provenance(run.device, world_size=run.env.world_size, argv=sys.argv),
+        "start_epoch": run.start_epoch,
+        "resumed": resume,
+    }
+    write_json(d / "environment.json", {"starts": [*starts, entry]})
+    # Drop lines of epochs the checkpoint does not cover (killed after logging them).
+    run.history = [r for r in read_jsonl(d / "metrics.jsonl") if r["epoch"] < run.start_epoch]
+    write_jsonl(d / "metrics.jsonl", run.history)
+
+
+def _fit(run: _Run, *, data: CifarData, log: Callable[..., None]) -> dict[str, Any]:
+    """Steps 3-5 for every remaining epoch, then the results (rank 0 writes results.json)."""
+    cfg, env = run.cfg, run.env
+    net: nn.Module = D.wrap_ddp(run.core, env, run.device)
+    if cfg.system.compile:
         net = torch.compile(net)
-    params = count_params(core)
+    params = count_params(run.core)
     log(
         f"model {cfg.model.arch} variant={cfg.model.variant} params={params / 1e6:.3f}M "
-        f"device={device} world_size={env.world_size} run_dir={run_dir}"
+        f"device={run.device} world_size={env.world_size} run_dir={run.run_dir}"
     )
     log(f"data: {data.source}")
-
     show = _show_progress(cfg, env)
     t_run = time.perf_counter()
-    epochs = tqdm(
-        range(start_epoch, o.epochs),
-        desc="epochs",
-        disable=not show,
-        initial=start_epoch,
-        total=o.epochs,
-    )
-    for epoch in epochs:
-        t0 = time.perf_counter()
-        torch.manual_seed(derive_seed(s.seed, "torch", epoch))  # dropout: depends on (seed, epoch)
-        net.train()
-        sums = MetricSums(num_aux=num_aux, device=device)
-        lr_start = optimizer.param_groups[0]["lr"]
-        steps = tqdm(
-            train_loader.epoch(epoch),
-            total=len(train_loader),
-            desc=f"epoch {epoch}",
-            leave=False,
-            disable=not show,
-        )
-        lr_last = lr_start
-        for x, y in steps:
-            lr_last = optimizer.param_groups[0]["lr"]
-            with _autocast(cfg, device):
-                out = as_output(net(x))
-                parts = criterion(out, y)
-            optimizer.zero_grad(set_to_none=True)
-            parts.total.backward()
-            optimizer.step()
-            scheduler.step()
-            sums.add(logits=out.logits, target=y, loss=parts.total, main=parts.main, aux=parts.aux)
-        D.all_reduce_sum(sums.sums)
-        tr = sums.means()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t_train = time.perf_counter() - t0
-        te = evaluate(core, test_loader, criterion=criterion, cfg=cfg, num_aux=num_aux)
-        t_epoch = time.perf_counter() - t0
-        row = {
-            "epoch": epoch,
-            "loss": tr["loss"],
-            "main_loss": tr["main_loss"],
-            "aux_losses": tr["aux_losses"],
-            "lr": lr_start,  # the first step's lr (warm-up: tiny in epoch 0)
-            "lr_last": lr_last,
-            "train_top1": tr["top1"],
-            "train_top5": tr["top5"],
-            "test_loss": te["loss"],
-            "test_main_loss": te["main_loss"],
-            "test_top1": te["top1"],
-            "test_top5": te["top5"],
-            "epoch_time_s": t_epoch,
-            "train_time_s": t_train,
-            "eval_time_s": t_epoch - t_train,
-            "img_per_s": tr["n"] / t_train,
-        }
-        if te["top1"] > best["top1"]:
-            best = {"epoch": epoch, "top1": te["top1"], "top5": te["top5"]}
-        history.append(row)
-        if env.is_main:
-            append_jsonl(run_dir / "metrics.jsonl", row)
-            _plot(run_dir, history, cfg)
-            save_checkpoint(
-                run_dir / CHECKPOINT_NAME,
-                {
-                    "model": core.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "epoch": epoch,
-                    "best": best,
-                    "rng": rng_state(),
-                    "config": cfg.to_dict(),
-                },
-            )
-        msg = (
-            f"epoch {epoch + 1}/{o.epochs} loss {row['loss']:.4f} lr {lr_start:.4g} "
-            f"train top1 {row['train_top1']:.2f} test top1 {row['test_top1']:.2f} "
-            f"top5 {row['test_top5']:.2f} | {t_epoch:.1f} s, {row['img_per_s']:.0f} img/s"
-        )
-        if show:
-            tqdm.write(msg)
-        else:
-            log(msg)
+    epochs = range(run.start_epoch, cfg.optim.epochs)
+    for epoch in tqdm(
+        epochs, desc="epochs", disable=not show, initial=run.start_epoch, total=cfg.optim.epochs
+    ):
+        row = _run_epoch(run, net, epoch, show=show)
+        _record(run, row)
+        msg = _epoch_message(row, epochs=cfg.optim.epochs)
+        (tqdm.write if show else log)(msg)
         D.barrier()
-
-    results = _results(cfg, history, best, params=params, data=data, env=env)
+    results = _results(cfg, run.history, run.best, params=params, data=data, env=env)
     results["wall_time_s_this_start"] = time.perf_counter() - t_run
     if env.is_main:
-        write_json(run_dir / "results.json", results)
+        write_json(run.run_dir / "results.json", results)
         log(
             f"final (reported) test top1 {results['final']['top1']:.2f} top5 "
             f"{results['final']['top5']:.2f}; best {results['best']['top1']:.2f} at epoch "
-            f"{results['best']['epoch']} (informational); results in {run_dir}"
+            f"{results['best']['epoch']} (informational); results in {run.run_dir}"
         )
     D.barrier()
     return results
+
+
+def _run_epoch(run: _Run, net: nn.Module, epoch: int, *, show: bool) -> dict[str, Any]:
+    """One epoch: train (step 3), evaluate (step 4); returns its metrics.jsonl row."""
+    t0 = time.perf_counter()
+    tr, lr_start, lr_last = _train_epoch(run, net, epoch, show=show)
+    if run.device.type == "cuda":
+        torch.cuda.synchronize(run.device)
+    t_train = time.perf_counter() - t0
+    te = evaluate(
+        run.core, run.test_loader, criterion=run.criterion, cfg=run.cfg, num_aux=run.num_aux
+    )
+    t_epoch = time.perf_counter() - t0
+    return {
+        "epoch": epoch,
+        "loss": tr["loss"],
+        "main_loss": tr["main_loss"],
+        "aux_losses": tr["aux_losses"],
+        "lr": lr_start,  # the first step's lr (warm-up: tiny in epoch 0)
+        "lr_last": lr_last,
+        "train_top1": tr["top1"],
+        "train_top5": tr["top5"],
+        "test_loss": te["loss"],
+        "test_main_loss": te["main_loss"],
+        "test_top1": te["top1"],
+        "test_top5": te["top5"],
+        "epoch_time_s": t_epoch,
+        "train_time_s": t_train,
+        "eval_time_s": t_epoch - t_train,
+        "img_per_s": tr["n"] / t_train,
+    }
+
+
+def _train_epoch(
+    run: _Run, net: nn.Module, epoch: int, *, show: bool
+) -> tuple[dict[str, Any], float, float]:
+    """Step 3: one pass over the training set; returns the (all-reduced) means and the lrs of
+    the first and the last step."""
+    torch.manual_seed(derive_seed(run.cfg.system.seed, "torch", epoch))  # dropout: (seed, epoch)
+    net.train()
+    sums = MetricSums(num_aux=run.num_aux, device=run.device)
+    optimizer = run.optimizer
+    lr_start = lr_last = optimizer.param_groups[0]["lr"]
+    steps = tqdm(
+        run.train_loader.epoch(epoch),
+        total=len(run.train_loader),
+        desc=f"epoch {epoch}",
+        leave=False,
+        disable=not show,
+    )
+    for x, y in steps:
+        lr_last = optimizer.param_groups[0]["lr"]
+        with _autocast(run.cfg, run.device):
+            out = as_output(net(x))
+            parts = run.criterion(out, y)
+        optimizer.zero_grad(set_to_none=True)
+        parts.total.backward()
+        optimizer.step()
+        run.scheduler.step()
+        sums.add(logits=out.logits, target=y, loss=parts.total, main=parts.main, aux=parts.aux)
+    D.all_reduce_sum(sums.sums)
+    return sums.means(), lr_start, lr_last
+
+
+def _record(run: _Run, row: dict[str, Any]) -> None:
+    """Step 5: track the best epoch; rank 0 appends the row, redraws the curves, checkpoints."""
+    if row["test_top1"] > run.best["top1"]:
+        run.best = {"epoch": row["epoch"], "top1": row["test_top1"], "top5": row["test_top5"]}
+    run.history.append(row)
+    if not run.env.is_main:
+        return
+    append_jsonl(run.run_dir / "metrics.jsonl", row)
+    _plot(run.run_dir, run.history, run.cfg)
+    save_checkpoint(
+        run.run_dir / CHECKPOINT_NAME,
+        {
+            "model": run.core.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "epoch": row["epoch"],
+            "best": run.best,
+            "rng": rng_state(),
+            "config": run.cfg.to_dict(),
+        },
+    )
+
+
+def _epoch_message(row: dict[str, Any], *, epochs: int) -> str:
+    return (
+        f"epoch {row['epoch'] + 1}/{epochs} loss {row['loss']:.4f} lr {row['lr']:.4g} "
+        f"train top1 {row['train_top1']:.2f} test top1 {row['test_top1']:.2f} "
+        f"top5 {row['test_top5']:.2f} | {row['epoch_time_s']:.1f} s, {row['img_per_s']:.0f} img/s"
+    )
 
 
 def _plot(run_dir: Path, history: list[dict[str, Any]], cfg: TrainConfig) -> None:

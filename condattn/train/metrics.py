@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from condattn._io import atomic_write_text
+
 __all__ = ["MetricSums", "read_jsonl", "topk_correct", "write_json", "write_jsonl"]
 
 
@@ -78,23 +80,14 @@ class MetricSums:
         }
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Writes ``obj`` as indented JSON, atomically."""
-    _atomic_write_text(Path(path), json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def write_jsonl(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]]) -> None:
     """Rewrites a JSON-lines file atomically with ``rows`` (one JSON object per line)."""
-    _atomic_write_text(Path(path), "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def append_jsonl(path: str | os.PathLike[str], row: dict[str, Any]) -> None:

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from condattn._io import atomic_path
+
 __all__ = ["plot_comparison", "plot_curves"]
 
 
@@ -23,11 +25,9 @@ def _pyplot():
 
 
 def _save(fig, path: str | os.PathLike[str]) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path, fsync=False) as tmp:  # the suffix stays: savefig picks PNG from it
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    return Path(path)
 
 
 def plot_curves(
