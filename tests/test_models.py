@@ -164,3 +164,32 @@ def test_unknown_attention_kind_raises_listing_valid_kinds() -> None:
 def test_stage_count_other_than_four_raises(layers, widths) -> None:
     with pytest.raises(ValueError, match="need 4 entries"):
         CifarResNet(BasicBlock, layers, widths=widths)
+
+
+@pytest.mark.parametrize(
+    ("arg", "value"),
+    [
+        ("num_classes", 0),
+        ("num_classes", -1),
+        ("r", 0),
+        ("r", -8),
+        ("widths", (8, 16, 0, 64)),
+        ("widths", (8, 16, -32, 64)),
+        ("layers", (1, 0, 1, 1)),
+    ],
+)
+def test_non_positive_sizes_are_value_errors_naming_the_argument(arg: str, value) -> None:
+    kwargs = {"num_classes": 10, "widths": TINY, arg: value}
+    if arg == "layers":  # the registered builders fix the layers; CifarResNet takes them
+        with pytest.raises(ValueError, match=f"^{arg} must be"):
+            CifarResNet(BasicBlock, value, widths=TINY)
+        return
+    with pytest.raises(ValueError, match=f"^{arg} must be"):
+        create_model("se_resnet18", **kwargs)
+    with pytest.raises(ValueError, match=f"^{arg} must be"):
+        CifarResNet(BasicBlock, (1, 1, 1, 1), **kwargs)
+
+
+def test_googlenet_cifar_refuses_zero_classes() -> None:
+    with pytest.raises(ValueError, match=r"^num_classes must be a positive integer"):
+        create_model("googlenet_cifar", num_classes=0)

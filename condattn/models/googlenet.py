@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models.googlenet import BasicConv2d, GoogLeNet
 
-from condattn.models.registry import register_model
+from condattn.models.registry import check_sizes, register_model
 
 __all__ = ["googlenet_cifar"]
 
@@ -18,6 +18,7 @@ def googlenet_cifar(*, num_classes: int = 100, dropout: float = 0.2) -> nn.Modul
     Built without its own aux classifiers (``aux_logits=False``), so it returns one tensor of
     logits in train and eval mode, as ``convert(..., aux_model=...)`` needs.
     """
+    check_sizes(num_classes=num_classes)
     net = GoogLeNet(
         num_classes=num_classes,
         aux_logits=False,

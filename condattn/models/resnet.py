@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from condattn.models.registry import register_model
+from condattn.models.registry import check_sizes, register_model
 from condattn.nn import Cbam, CoordAttn, Eca, SqueezeExcite
 
 __all__ = ["ATTENTION_KINDS", "BasicBlock", "Bottleneck", "CifarResNet"]
@@ -106,6 +106,10 @@ class CifarResNet(nn.Module):
         r: reduction ratio of the attention (paper: 8). ECA has no reduction and ignores it.
         widths: base width of each stage (64, 128, 256, 512 in the paper); tests use tiny ones.
         in_channels: input image channels.
+
+    Raises:
+        ValueError: an unknown attention kind, a stage count other than 4, or a size
+            (``num_classes``, ``r``, ``layers``, ``widths``, ``in_channels``) that is not positive.
     """
 
     def __init__(
@@ -124,6 +128,13 @@ class CifarResNet(nn.Module):
             raise ValueError(
                 f"unknown attention {attention!r}; valid kinds: {', '.join(ATTENTION_KINDS)}"
             )
+        check_sizes(
+            num_classes=num_classes,
+            r=r,
+            layers=tuple(layers),
+            widths=tuple(widths),
+            in_channels=in_channels,
+        )
         if len(layers) != 4 or len(widths) != 4:
             raise ValueError(
                 f"layers and widths need 4 entries (one per stage), got {layers}, {widths}"
