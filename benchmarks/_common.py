@@ -11,14 +11,10 @@ in the same run, and report ratios of medians rather than absolute numbers.
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import platform
 import re
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +29,7 @@ _REPO = Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:  # `python benchmarks/x.py` from anywhere imports this checkout
     sys.path.insert(0, str(_REPO))
 
+from condattn._io import cpu_name, provenance  # noqa: E402  (after the sys.path line above)
 
 # --- device and conditions ------------------------------------------------------------------
 
@@ -44,21 +41,11 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def device_name(device: torch.device) -> str:
     """A human name: the CUDA device name, or the CPU model."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return _cpu_name()
+    return cpu_name()
 
 
 def device_slug(device: torch.device) -> str:
@@ -68,56 +55,24 @@ def device_slug(device: torch.device) -> str:
     return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
 
 
-def _git_sha() -> str:
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=_REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=_REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def conditions(device: torch.device, **extra: Any) -> dict[str, Any]:
-    """What a result depends on: device, torch, threads, host, git SHA, load, plus ``extra``."""
+    """What a result depends on: :func:`condattn._io.provenance` (device, torch, threads, host,
+    git SHA, time), the load average, plus ``extra``."""
     try:
         load = [round(x, 2) for x in os.getloadavg()]
     except OSError:  # pragma: no cover - platforms without getloadavg
         load = None
-    return {
-        "device": str(device),
-        "device_name": device_name(device),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "hostname": socket.gethostname(),
-        "git_sha": _git_sha(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "loadavg_1_5_15": load,
-        **extra,
-    }
+    return provenance(device, loadavg_1_5_15=load, **extra)
 
 
 def conditions_line(c: Mapping[str, Any]) -> str:
     """One markdown line with the conditions (for the top of a results file)."""
-    skip = {"device", "device_name", "torch", "threads", "date", "git_sha", "hostname"}
+    skip = {"device", "device_name", "torch", "threads", "time", "git_sha", "hostname"}
+    skip |= {"platform", "cuda"}  # kept in the JSON; too long (or empty on CPU) for the line
     rest = ", ".join(f"{k}={v}" for k, v in c.items() if k not in skip)
     return (
         f"{c['device_name']} ({c['device']}), torch {c['torch']}, {c['threads']} threads, "
-        f"host {c['hostname']}, git {c['git_sha']}, {c['date']}" + (f"; {rest}" if rest else "")
+        f"host {c['hostname']}, git {c['git_sha']}, {c['time']}" + (f"; {rest}" if rest else "")
     )
 
 

@@ -23,10 +23,8 @@ images/s; ``OMP_WAIT_POLICY=PASSIVE`` or ``--threads 1`` avoids that.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -35,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import device_name, interleaved
+from _common import conditions, device_name, interleaved
 
 from condattn.data import (
     CIFAR100_MEAN,
@@ -189,16 +187,11 @@ def main(argv: list[str] | None = None) -> dict:
     dev_name = device_name(device)
     result = {
         "benchmark": "data_pipeline",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(
             [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
         ),
-        "device": str(device),
-        "device_name": dev_name,
+        **conditions(device),  # device, torch, python, host, git SHA, time, load
         "cpu": device_name(torch.device("cpu")),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
         "threads": args.threads,
         # GNU OpenMP spin-waits by default; on a shared machine OMP_WAIT_POLICY=PASSIVE (set
         # before Python starts) keeps intra-op threads from collapsing (see the module docstring).
@@ -250,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
     stem.with_suffix(".md").write_text(
         f"# data_pipeline ({device.type})\n\n"
         f"`{result['command']}` on {dev_name}, torch {torch.__version__}, "
-        f"{result['date']}. Data: {source}. {n} images, batch {args.batch_size}, "
+        f"{result['time']}. Data: {source}. {n} images, batch {args.batch_size}, "
         f"median of {args.repeats} passes after {args.warmup} warm-up. CPU busy with other "
         f"processes before/after: {_fmt_busy(busy_before)}/{_fmt_busy(busy_after)}.\n\n"
         "| pipeline | setup | median img/s |\n|---|---|---:|\n"

@@ -9,17 +9,20 @@ step, img/s, and the ratios of the medians SE-R/SE-A and SE-R/SE (targets on CPU
 <= 1.03 and <= 1.10).
 
 Part (b): what SE costs. ``resnetD`` (``attention="none"``, otherwise the same layout) vs
-``se_resnetD``, each in several modes: eager, channels_last, torch.compile (inductor), bf16
-autocast, and ``fused`` (eager with :mod:`condattn.nn.fused`'s one-Function SE gate), all
-interleaved in one run. Then a ``torch.profiler`` train step of each (eager) and the ops whose
-time differs most between them: where the SE time goes.
+``se_resnetD``, each in several modes: eager, channels_last, torch.compile (inductor) and bf16
+autocast, all interleaved in one run. Then a ``torch.profiler`` train step of each (eager) and
+the ops whose time differs most between them: where the SE time goes.
 
 Peak memory: CUDA ``max_memory_allocated``; on CPU the process peak RSS (``VmHWM``, reset via
 ``/proc/self/clear_refs``) minus the RSS before one train step. The CPU number includes allocator
 slack and is only a rough guide.
 
     python benchmarks/throughput.py --part a --depths 34 --batch 128 --repeats 5
-    python benchmarks/throughput.py --part b --depth-b 34 --batch 128 --modes eager fused bf16
+    python benchmarks/throughput.py --part b --depth-b 34 --batch 128 --modes eager bf16
+
+A hand-written fused SE gate (one ``autograd.Function`` for pool, MLP and scale) was measured
+here until commit e3c4440 (``--modes fused``): it saved about 0.5% of a CPU train step, below the
+noise (benchmarks/results/fused_recheck), so it was removed from the library.
 """
 
 from __future__ import annotations
@@ -38,10 +41,9 @@ from torch import nn
 
 import condattn
 from condattn.models import create_model
-from condattn.nn.fused import fuse_squeeze_excite
 
 LABEL = {"se": "SE", "se_a": "SE-A", "se_r": "SE-R", "plain": "plain", "se_plain": "SE"}
-MODES = ("eager", "channels_last", "compile", "bf16", "fused", "fused_bf16")
+MODES = ("eager", "channels_last", "compile", "bf16")
 
 
 def widths_for(scale: float) -> tuple[int, ...]:
@@ -253,15 +255,13 @@ def part_a(args, device, log) -> tuple[dict, str]:
 
 
 def _mode_steps(model: nn.Module, mode: str, args, device) -> dict[str, Callable[[], Any]]:
-    if mode.startswith("fused"):
-        model = fuse_squeeze_excite(model)
     return make_steps(
         model,
         batch=args.batch,
         size=args.size,
         device=device,
         channels_last=mode == "channels_last",
-        bf16=mode.endswith("bf16"),
+        bf16=mode == "bf16",
         compile_=mode == "compile",
     )
 
@@ -295,8 +295,6 @@ def part_b(args, device, log) -> tuple[dict, str]:
         steps = {}
         for mode in modes:
             for k, m in base.items():
-                if k == "plain" and mode.startswith("fused"):
-                    continue  # nothing to fuse in the plain model: its time is the eager/bf16 one
                 log(f"[b] preparing {k} {mode} {kind}")
                 steps[(k, mode)] = _mode_steps(m, mode, args, device)[kind]
         if "compile" in modes:  # compile outside the timed loop (first call compiles)
@@ -319,7 +317,7 @@ def part_b(args, device, log) -> tuple[dict, str]:
         ratios: dict[str, dict[str, float]] = {}
         for mode in modes:
             se_key = f"se/{mode}"
-            plain_key = "plain/" + {"fused": "eager", "fused_bf16": "bf16"}.get(mode, mode)
+            plain_key = f"plain/{mode}"
             ratios[mode] = {
                 "paired": C.paired_ratio(res, se_key, plain_key),
                 "medians": med[se_key] / med[plain_key],
@@ -354,7 +352,6 @@ def part_b(args, device, log) -> tuple[dict, str]:
                 ],
                 rows,
             )
-            + "\n\n`fused` rows compare against the plain model's eager (resp. bf16) time."
         )
         del steps
     if args.profile:
@@ -364,9 +361,6 @@ def part_b(args, device, log) -> tuple[dict, str]:
             prof[k] = profile_step(
                 make_steps(m, batch=args.batch, size=args.size, device=device)["train"], device
             )
-        prof["se_fused"] = profile_step(
-            _mode_steps(base["se"], "fused", args, device)["train"], device
-        )
         keys = set(prof["se"]) | set(prof["plain"])
         diff = sorted(
             ((k, prof["se"].get(k, 0.0) - prof["plain"].get(k, 0.0)) for k in keys),
@@ -384,18 +378,16 @@ def part_b(args, device, log) -> tuple[dict, str]:
         md.append(
             "### Profile: one eager train step (torch.profiler self CPU time, ms)\n\n"
             f"Total self time: plain {tot['plain']:.0f} ms, SE {tot['se']:.0f} ms "
-            f"(+{tot['se'] - tot['plain']:.0f} ms, {tot['se'] / tot['plain']:.3f}x), "
-            f"SE fused {tot['se_fused']:.0f} ms ({tot['se_fused'] / tot['plain']:.3f}x).\n\n"
+            f"(+{tot['se'] - tot['plain']:.0f} ms, {tot['se'] / tot['plain']:.3f}x).\n\n"
             "Ops whose time differs most, SE minus plain:\n\n"
             + C.md_table(
-                ["op", "plain ms", "SE ms", "SE - plain ms", "SE fused ms"],
+                ["op", "plain ms", "SE ms", "SE - plain ms"],
                 [
                     [
                         f"`{k}`",
                         f"{prof['plain'].get(k, 0):.1f}",
                         f"{prof['se'].get(k, 0):.1f}",
                         f"{d:+.1f}",
-                        f"{prof['se_fused'].get(k, 0):.1f}",
                     ]
                     for k, d in diff[: args.top]
                 ],
@@ -424,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.smoke:
         args.depths, args.depth_b, args.batch, args.widths_scale = [18], 18, 2, 0.125
         args.repeats, args.warmup, args.top = 1, 0, 5
-        args.modes = [m for m in args.modes if m in ("eager", "fused")]
+        args.modes = [m for m in args.modes if m in ("eager", "channels_last")]
         args.threads = args.threads or 1  # 2 threads on a loaded 2-core box thrash (OpenMP)
     C.setup_threads(args.threads)
     device = C.pick_device(args.device)

@@ -59,7 +59,7 @@ def test_throughput_smoke(bench_modules, tmp_path):
     assert set(a["train"]["timings"]) == {"se", "se_a", "se_r"}
     assert "memory_train" in a
     b = payload["b"]
-    assert set(b["train"]["se/plain"]) == {"eager", "fused"}
+    assert set(b["train"]["se/plain"]) == {"eager", "channels_last"}
     assert {"paired", "medians", "minima"} <= set(b["train"]["se/plain"]["eager"])
     assert "paired se_r/se" in a["train"]
     assert b["profile_total_ms"]["se"] > 0

@@ -43,6 +43,11 @@ def test_plain_variant_has_no_heads() -> None:
 def test_unknown_key_lists_valid_keys() -> None:
     with pytest.raises(ConfigError, match=r"optim\.lrr.*valid keys in \[optim\]: lr, momentum"):
         config_from_dict({"optim": {"lrr": 0.1}})
+    # system.fused_se was removed with the fused SE gate: it is an unknown key like any other
+    with pytest.raises(ConfigError, match=r"system\.fused_se.*valid keys in \[system\]: seed"):
+        config_from_dict({"system": {"fused_se": True}})
+    with pytest.raises(ConfigError, match=r"unknown key 'system\.fused_se'; valid keys"):
+        apply_overrides({}, ["system.fused_se=true"])
     with pytest.raises(ConfigError, match="unknown top-level key"):
         config_from_dict({"epochs": 3})
 

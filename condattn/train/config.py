@@ -129,9 +129,6 @@ class SystemConfig:
     channels_last: bool = False
     # torch.compile the model (slow start, faster steps on GPU).
     compile: bool = False
-    # Swap SE blocks for condattn.nn.FusedSqueezeExcite (same maths, hand-written backward);
-    # off by default: it saved ~0.5% of a CPU train step (docs/results.md).
-    fused_se: bool = False
     # torch.set_num_threads; 0 leaves torch's default.
     threads: int = 0
     # torch.use_deterministic_algorithms + no cudnn benchmark: bit-identical resume.
