@@ -1,4 +1,4 @@
-"""The ``condattn`` command line: ``train``, ``eval``, ``report``, ``profile`` and ``analyze``.
+"""The ``condattn`` command line: train, eval, report, compare, profile and analyze.
 
 Subcommands live in :data:`COMMANDS` (name -> (help, add_arguments, run)); add one there.
 
@@ -10,6 +10,8 @@ Examples::
     torchrun --nproc_per_node=2 -m condattn.cli train recipes/quick.toml
     condattn eval runs/quick/checkpoint.pt
     condattn report runs/se_resnet50 runs/se_r_resnet50 --plot cmp.png
+    condattn compare recipes/quick.toml --variants se,se_a,se_r --seeds 0,1,2 --jobs 2
+    condattn report runs/compare/quick                                # a compare directory
     condattn profile se_resnet50 --variant se_r --rules paper
     condattn analyze runs/se_resnet50/checkpoint.pt runs/se_r_resnet50/checkpoint.pt
 """
@@ -200,12 +202,65 @@ def report_table(run_dirs: Sequence[str | Path]) -> tuple[str, dict[str, list[di
 
 
 def _run_report(args: argparse.Namespace) -> int:
+    from condattn.experiments import is_compare_dir, refresh_summary, render_markdown
     from condattn.train.plots import plot_comparison
 
+    if len(args.run_dirs) == 1 and is_compare_dir(args.run_dirs[0]):  # regenerate its summary
+        print(render_markdown(refresh_summary(args.run_dirs[0])), end="")
+        return 0
     table, histories = report_table(args.run_dirs)
     print(table)
     path = plot_comparison(histories, args.plot)
     print(f"\ncomparison plot: {path}")
+    return 0
+
+
+# --- compare -----------------------------------------------------------------------------------
+
+
+def _add_compare(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="recipe TOML every run starts from (e.g. recipes/quick.toml)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value of every run (repeatable)",
+    )
+    p.add_argument("--data", help="CIFAR-100 folder or archive (default: search ../shared/data...)")
+    p.add_argument("--synthetic", action="store_true", help="use the synthetic CIFAR-100 stand-in")
+    p.add_argument("--out", help="comparison directory (default: runs/compare/<recipe>)")
+    p.add_argument("--variants", default="se,se_a,se_r", help="comma-separated: se, se_a, se_r")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated integers, e.g. 0,1,2")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained side by side (processes)")
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from condattn.experiments import compare, parse_seeds, parse_variants, render_markdown
+
+    variants, seeds = parse_variants(args.variants), parse_seeds(args.seeds)
+    recipe = _resolve_recipe(args.recipe)
+    if not Path(recipe).is_file():
+        from condattn.train.recipe import list_recipes
+
+        raise UserError(
+            f"unknown recipe {args.recipe!r}; valid: a TOML file or one of "
+            f"{', '.join(list_recipes(_REPO / 'recipes'))}"
+        )
+    out = args.out or str(Path("runs") / "compare" / Path(recipe).stem)
+    summary = compare(
+        recipe,
+        variants=variants,
+        seeds=seeds,
+        out_dir=out,
+        overrides=args.overrides,
+        jobs=args.jobs,
+        synthetic=args.synthetic,
+        data_root=args.data,
+        log=lambda *a: print(*a, flush=True),
+    )
+    print(render_markdown(summary), end="")
     return 0
 
 
@@ -259,6 +314,11 @@ COMMANDS: dict[
     "train": ("train a recipe", _add_train, _run_train),
     "eval": ("evaluate a checkpoint on the test set", _add_eval, _run_eval),
     "report": ("compare finished runs (table + plot)", _add_report, _run_report),
+    "compare": (
+        "train variants x seeds and test the differences (reuses finished runs)",
+        _add_compare,
+        _run_compare,
+    ),
     "profile": ("count params and MACs of a model", _add_profile, _run_profile),
     "analyze": (
         "std of the attention gates s per block (paper Fig. 6)",

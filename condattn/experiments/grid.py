@@ -1,0 +1,359 @@
+"""A grid of ordinary training runs (variants x seeds), reused and resumed, then summarised.
+
+``compare`` sits on top of :func:`condattn.train.train` and never inside it. Every cell of the
+grid is a normal run directory ``OUT/<variant>/seed<k>/`` (see :mod:`condattn.train.loop`), made
+from the recipe with ``--set model.variant=<variant> system.seed=<k>``. Because the data order,
+the augmentation and the backbone init depend only on ``system.seed`` (the loader seeds from
+``(seed, epoch)``; the model is built from ``torch.manual_seed(seed)`` before the heads are
+added), the variants of one seed see exactly the same data, which is what lets
+:mod:`condattn.experiments.stats` pair them.
+
+Each run directory is in one of four states, decided before anything trains:
+
+- ``new``: nothing there; train it.
+- ``done``: ``results.json`` present; reuse it (a second identical call trains nothing).
+- ``resume``: ``checkpoint.pt`` but no results (killed); continue it with ``resume=True``.
+- ``restart``: started but killed before its first checkpoint; train it from scratch.
+
+A run directory whose ``config.json`` differs from what the grid asks (other than in
+:data:`RUNTIME_KEYS`) is an error that names it and the differing keys: reusing it silently
+would compare something else.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from condattn.train import TrainConfig, load_recipe
+from condattn.train.config import VARIANTS
+
+__all__ = [
+    "RUNTIME_KEYS",
+    "CompareError",
+    "GridRun",
+    "config_diff",
+    "log_path_for",
+    "parse_seeds",
+    "parse_variants",
+    "plan_grid",
+    "run_dir_for",
+    "run_grid",
+    "run_state",
+]
+
+# Config keys that change how a run executes, not what it computes: a reused or resumed run may
+# differ in them (threads follow --jobs; a resumed run keeps the thread count it started with).
+RUNTIME_KEYS = frozenset({("system", "threads"), ("system", "progress")})
+# Override keys the grid sets itself; the user chooses them with --variants and --seeds.
+_GRID_KEYS = {
+    "model.variant": "--variants",
+    "variant": "--variants",
+    "system.seed": "--seeds",
+    "seed": "--seeds",
+}
+
+
+class CompareError(ValueError):
+    """A comparison cannot go on (bad grid, a run directory that does not match, a failed run)."""
+
+
+def parse_variants(text: str) -> tuple[str, ...]:
+    """``"se,se_a,se_r"`` -> ``("se", "se_a", "se_r")``; unknown or repeated names are refused."""
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    bad = [v for v in names if v not in VARIANTS]
+    if bad or not names:
+        raise CompareError(
+            f"--variants: unknown variant(s) {', '.join(map(repr, bad)) or repr(text)}; "
+            f"valid: {', '.join(VARIANTS)} (comma-separated, e.g. se,se_a,se_r)"
+        )
+    if len(set(names)) != len(names):
+        raise CompareError(f"--variants: {text!r} names a variant twice")
+    return names
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``"0,1,2"`` -> ``(0, 1, 2)``; anything but distinct non-negative integers is refused."""
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    try:
+        seeds = tuple(int(s) for s in items)
+    except ValueError:
+        seeds = ()
+    if not seeds or any(s < 0 for s in seeds):
+        raise CompareError(
+            f"--seeds must be comma-separated non-negative integers (e.g. 0,1,2), got {text!r}"
+        )
+    if len(set(seeds)) != len(seeds):
+        raise CompareError(f"--seeds: {text!r} names a seed twice")
+    return seeds
+
+
+def run_dir_for(out_dir: str | os.PathLike[str], variant: str, seed: int) -> Path:
+    """Where the grid keeps the run of ``variant`` with ``seed``: ``OUT/<variant>/seed<k>``."""
+    return Path(out_dir) / variant / f"seed{seed}"
+
+
+@dataclasses.dataclass(frozen=True)
+class GridRun:
+    """One cell of the grid: a variant, a seed, the resolved config and its run directory."""
+
+    variant: str
+    seed: int
+    cfg: TrainConfig
+    run_dir: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.variant}/seed{self.seed}"
+
+
+def plan_grid(
+    recipe: str | os.PathLike[str],
+    *,
+    variants: Sequence[str],
+    seeds: Sequence[int],
+    overrides: Sequence[str] = (),
+    out_dir: str | os.PathLike[str],
+    threads: int = 0,
+) -> list[GridRun]:
+    """The grid's runs, seed-major (all variants of seed 0 first, so pairs complete early).
+
+    Args:
+        recipe: the recipe every run starts from.
+        variants: the ``model.variant`` values (see :func:`parse_variants`).
+        seeds: the ``system.seed`` values.
+        overrides: the user's ``--set`` items, applied before the grid's own.
+        out_dir: the comparison directory.
+        threads: ``system.threads`` of every run (0 keeps the recipe's); ignored when the user
+            sets ``system.threads`` in ``overrides``.
+
+    Raises:
+        CompareError: an override sets what ``--variants``/``--seeds`` choose.
+        ConfigError: the recipe is unknown or the overrides are invalid.
+    """
+    keys = {item.split("=", 1)[0].strip() for item in overrides}
+    clash = sorted(keys & _GRID_KEYS.keys())
+    if clash:
+        key = clash[0]
+        raise CompareError(
+            f"--set {key}=... clashes with the grid; choose it with {_GRID_KEYS[key]}"
+        )
+    own = ["system.progress=off"]
+    if threads and not keys & {"system.threads", "threads"}:
+        own.append(f"system.threads={threads}")
+    return [
+        GridRun(
+            variant=v,
+            seed=s,
+            cfg=load_recipe(recipe, [*overrides, *own, f"model.variant={v}", f"system.seed={s}"]),
+            run_dir=run_dir_for(out_dir, v, s),
+        )
+        for s in seeds
+        for v in variants
+    ]
+
+
+def config_diff(asked: dict[str, Any], saved: dict[str, Any]) -> list[str]:
+    """``key: run has X, grid asks Y`` for each key (outside RUNTIME_KEYS) that differs."""
+    diffs = []
+    for section, values in asked.items():
+        if not isinstance(values, dict):  # the run's name
+            if saved.get(section) != values:
+                diffs.append(f"{section}: run has {saved.get(section)!r}, grid asks {values!r}")
+            continue
+        for key, value in values.items():
+            have = saved.get(section, {}).get(key)
+            if (section, key) not in RUNTIME_KEYS and have != value:
+                diffs.append(f"{section}.{key}: run has {have!r}, grid asks {value!r}")
+    return diffs
+
+
+def run_state(run: GridRun) -> str:
+    """``"new"``, ``"done"``, ``"resume"`` or ``"restart"`` (see the module docstring).
+
+    Raises:
+        CompareError: the directory holds a run of another config; the message names the
+            directory and the differing keys.
+    """
+    d = run.run_dir
+    cfg_path = d / "config.json"
+    if not cfg_path.is_file():
+        if (d / "checkpoint.pt").exists() or (d / "results.json").exists():
+            raise CompareError(f"{d} holds a run without config.json; move it away or delete it")
+        return "new"
+    diffs = config_diff(run.cfg.to_dict(), json.loads(cfg_path.read_text()))
+    if diffs:
+        raise CompareError(
+            f"{d} holds a run of another config than the grid asks ({'; '.join(diffs)}); "
+            "pass another --out, or delete that directory to retrain it"
+        )
+    if (d / "results.json").is_file():
+        return "done"
+    return "resume" if (d / "checkpoint.pt").is_file() else "restart"
+
+
+def _saved_threads(run: GridRun) -> GridRun:
+    """The run with the thread count its checkpoint was started with (train() insists on it)."""
+    saved = json.loads((run.run_dir / "config.json").read_text())["system"]["threads"]
+    system = dataclasses.replace(run.cfg.system, threads=saved)
+    return dataclasses.replace(run, cfg=dataclasses.replace(run.cfg, system=system))
+
+
+def _check_data(run: GridRun, data: Any) -> None:
+    """A reused run must have seen data of the same kind and size as the grid's."""
+    res = json.loads((run.run_dir / "results.json").read_text())
+    synthetic = data.source.startswith("synthetic")
+    have = (str(res.get("data_source", "")).startswith("synthetic"), res.get("num_train"))
+    want = (synthetic, int(data.train_images.shape[0]))
+    if have != want or res.get("num_test") != int(data.test_images.shape[0]):
+        raise CompareError(
+            f"{run.run_dir} was trained on {res.get('data_source')!r} "
+            f"({res.get('num_train')} train / {res.get('num_test')} test images) but the grid "
+            f"uses {data.source!r}; pass another --out or delete that directory"
+        )
+
+
+def log_path_for(run: GridRun) -> Path:
+    """Where a run's output (child process) or traceback (failure) goes: ``OUT/logs/``."""
+    return run.run_dir.parents[1] / "logs" / f"{run.variant}-seed{run.seed}.log"
+
+
+def _last_line(path: Path) -> str:
+    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else "(no output)"
+
+
+def _failure(run: GridRun, why: str, log_path: Path) -> str:
+    return (
+        f"run {run.label} failed: {why} (log: {log_path}; to see it alone: condattn train "
+        f"{run.run_dir / 'config.toml'} --out {run.run_dir} --overwrite)"
+    )
+
+
+def _train_in_process(run: GridRun, *, resume: bool, data: Any, log_path: Path, log) -> str:
+    """Trains one run here; returns '' or the one-line failure (traceback in ``log_path``)."""
+    from condattn.train import train
+
+    try:
+        train(run.cfg, data=data, run_dir=run.run_dir, resume=resume, log=log)
+    except Exception as err:  # a crash inside one run: one line here, the traceback in the log
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_text(traceback.format_exc())
+        return _failure(run, f"{type(err).__name__}: {err}", log_path)
+    return ""
+
+
+def _train_in_child(
+    run: GridRun, *, resume: bool, synthetic: bool, data_root: str | None, log_path: Path
+) -> str:
+    """Trains one run in a child process with its own thread budget; returns '' or the failure."""
+    threads = str(run.cfg.system.threads or 1)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+        # Idle OpenMP threads sleep instead of spinning on cores the other jobs need.
+        "OMP_WAIT_POLICY": "PASSIVE",
+    }
+    spec = {
+        "config": run.cfg.to_dict(),
+        "run_dir": str(run.run_dir),
+        "resume": resume,
+        "synthetic": synthetic,
+        "data": data_root,
+    }
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as f:
+        proc = subprocess.run(
+            [sys.executable, "-m", "condattn.experiments._worker", json.dumps(spec)],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=env,
+            check=False,
+        )
+    if proc.returncode != 0:
+        return _failure(run, f"exit status {proc.returncode}: {_last_line(log_path)}", log_path)
+    return ""
+
+
+def run_grid(
+    runs: Sequence[GridRun],
+    *,
+    jobs: int = 1,
+    synthetic: bool = False,
+    data_root: str | None = None,
+    log: Callable[..., None] = print,
+) -> dict[str, str]:
+    """Trains what the grid still lacks; returns each run's state before this call.
+
+    Args:
+        runs: from :func:`plan_grid`.
+        jobs: runs trained side by side, each in its own process (1: one after another, here).
+        synthetic: train on the synthetic stand-in (``train --synthetic``).
+        data_root: a CIFAR-100 folder or archive (``train --data``).
+        log: where progress lines go.
+
+    Raises:
+        CompareError: a run directory does not match the grid, or runs failed (one line each).
+    """
+    from condattn.train.build import load_data
+
+    if jobs < 1:
+        raise CompareError(f"--jobs must be >= 1, got {jobs}")
+    states = {run.label: run_state(run) for run in runs}  # every check before any training
+    data = load_data(runs[0].cfg, root=data_root, synthetic=synthetic)
+    for run in runs:
+        if states[run.label] == "done":
+            _check_data(run, data)
+    todo = [r for r in runs if states[r.label] != "done"]
+    counts = {s: sum(v == s for v in states.values()) for s in ("done", "resume", "restart", "new")}
+    log(
+        f"compare: {len(runs)} runs: {counts['done']} done (reused), {counts['resume']} to "
+        f"resume, {counts['restart'] + counts['new']} to train; data: {data.source}"
+    )
+    todo = [_saved_threads(r) if states[r.label] == "resume" else r for r in todo]
+    failures = _execute(
+        todo, states=states, jobs=jobs, synthetic=synthetic, data_root=data_root, data=data, log=log
+    )
+    if failures:
+        raise CompareError(f"{len(failures)} of {len(todo)} run(s) failed:\n" + "\n".join(failures))
+    return states
+
+
+def _execute(todo, *, states, jobs, synthetic, data_root, data, log) -> list[str]:
+    """Runs ``todo`` one by one here (jobs=1) or in ``jobs`` child processes; the failures."""
+    failures: list[str] = []
+
+    def one(i: int, run: GridRun) -> None:
+        resume = states[run.label] == "resume"
+        log(f"[{i}/{len(todo)}] {'resume' if resume else 'train'} {run.label} -> {run.run_dir}")
+        log_path = log_path_for(run)
+        t0 = time.perf_counter()
+        if jobs == 1:
+            err = _train_in_process(run, resume=resume, data=data, log_path=log_path, log=log)
+        else:
+            err = _train_in_child(
+                run, resume=resume, synthetic=synthetic, data_root=data_root, log_path=log_path
+            )
+        if err:
+            failures.append(err)
+            log(err)
+        else:
+            log(f"[{i}/{len(todo)}] {run.label} finished in {time.perf_counter() - t0:.0f} s")
+
+    if jobs == 1:
+        for i, run in enumerate(todo, 1):
+            one(i, run)
+        return failures
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(one, range(1, len(todo) + 1), todo))
+    return failures

@@ -1,0 +1,391 @@
+"""The summary of a comparison: ``compare.json``, ``compare.md`` and ``compare.png``.
+
+Everything is read back from the run directories (``results.json``, ``metrics.jsonl``,
+``config.json``, ``environment.json``), so a summary can be regenerated at any time
+(``condattn report OUT``) and always says under which conditions its numbers were measured:
+model, data, epochs, device, torch version, threads and git SHA, as airbench's results do.
+
+The reported top-1 of a run is its final epoch's test accuracy (as in ``results.json``); the best
+epoch is carried along for information only, since picking it on the test set would flatter
+every variant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from condattn._io import atomic_path, atomic_write_text, git_sha
+from condattn.experiments.grid import CompareError, run_dir_for
+from condattn.experiments.stats import describe, paired_difference
+from condattn.train.config import VARIANTS
+
+__all__ = [
+    "LABELS",
+    "PAIRS",
+    "find_grid",
+    "is_compare_dir",
+    "plot_error_curves",
+    "refresh_summary",
+    "render_markdown",
+    "summarize",
+    "write_summary",
+]
+
+# How compare.md and compare.png name the variants (the paper's SE / SE-A / SE-R).
+LABELS = {"se": "SE", "se_a": "SE-A", "se_r": "SE-R"}
+# The differences of interest, (a, b) meaning a - b: conditioning over heads alone (the paper's
+# point), and each over the plain network.
+PAIRS = (("se_r", "se_a"), ("se_r", "se"), ("se_a", "se"))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def _read_history(path: Path) -> list[dict[str, Any]]:
+    from condattn.train.metrics import read_jsonl
+
+    return read_jsonl(path)
+
+
+def _last_start(run_dir: Path) -> dict[str, Any]:
+    """The environment of a run's last start (``environment.json``), or {}."""
+    path = run_dir / "environment.json"
+    if not path.is_file():
+        return {}
+    env = _read_json(path)
+    return env["starts"][-1] if env.get("starts") else env
+
+
+def _collect(out_dir: Path, variants: Sequence[str], seeds: Sequence[int]) -> dict[str, Any]:
+    """Per variant, the finished runs' numbers, histories, configs and environments."""
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    missing: list[str] = []
+    for v in variants:
+        for s in seeds:
+            d = run_dir_for(out_dir, v, s)
+            if not (d / "results.json").is_file():
+                missing.append(str(d.relative_to(out_dir)))
+                continue
+            res = _read_json(d / "results.json")
+            runs[v].append(
+                {
+                    "seed": s,
+                    "top1": res["final"]["top1"],
+                    "top5": res["final"]["top5"],
+                    "best_top1": res["best"]["top1"],
+                    "best_epoch": res["best"]["epoch"],
+                    "run_dir": str(d.relative_to(out_dir)),
+                    "_results": res,
+                    "_config": _read_json(d / "config.json"),
+                    "_env": _last_start(d),
+                    "_history": _read_history(d / "metrics.jsonl"),
+                }
+            )
+    return {"runs": runs, "missing": missing}
+
+
+def _one_or_all(values: Sequence[Any]) -> Any:
+    """The common value, or the sorted distinct values when the runs disagree (None if none)."""
+    distinct = []
+    for v in values:
+        if v not in distinct:
+            distinct.append(v)
+    if len(distinct) <= 1:
+        return distinct[0] if distinct else None
+    return sorted(distinct, key=str)
+
+
+def _conditions(collected, *, variants, seeds, recipe, overrides) -> dict[str, Any]:
+    """What the numbers were measured under, read from the runs themselves."""
+    rs = [r for v in variants for r in collected["runs"][v]]
+
+    def each(get) -> Any:
+        return _one_or_all([get(r) for r in rs])
+
+    return {
+        "recipe": None if recipe is None else str(recipe),
+        "overrides": list(overrides),
+        "variants": list(variants),
+        "seeds": list(seeds),
+        "model": each(lambda r: r["_results"]["arch"]),
+        "widths": each(lambda r: r["_config"]["model"]["widths"]),
+        "aux_weights": {
+            v: _one_or_all([r["_results"]["aux_weights"] for r in collected["runs"][v]])
+            for v in variants
+        },
+        "data_source": each(lambda r: r["_results"]["data_source"]),
+        "num_train": each(lambda r: r["_results"]["num_train"]),
+        "num_test": each(lambda r: r["_results"]["num_test"]),
+        "epochs": each(lambda r: r["_results"]["epochs"]),
+        "batch_size": each(lambda r: r["_config"]["optim"]["batch_size"]),
+        "device": each(lambda r: r["_env"].get("device")),
+        "device_name": each(lambda r: r["_env"].get("device_name")),
+        "torch": each(lambda r: r["_env"].get("torch")),
+        "threads": each(lambda r: r["_env"].get("threads")),
+        "git": each(lambda r: r["_env"].get("git_sha")),
+        "summarised": {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git": git_sha()},
+    }
+
+
+def summarize(
+    out_dir: str | os.PathLike[str],
+    *,
+    variants: Sequence[str],
+    seeds: Sequence[int],
+    recipe: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+) -> tuple[dict[str, Any], dict[str, list[list[dict[str, Any]]]]]:
+    """The content of ``compare.json`` and, per variant, the runs' metrics.jsonl histories.
+
+    ``variants[v]`` holds ``n``, ``mean``, ``std`` (:func:`~condattn.experiments.stats.describe`
+    of the final top-1) and the runs; ``differences`` holds one
+    :func:`~condattn.experiments.stats.paired_difference` per pair of :data:`PAIRS` present.
+
+    Raises:
+        CompareError: no run of the grid has finished.
+    """
+    out_dir = Path(out_dir)
+    collected = _collect(out_dir, variants, seeds)
+    if not any(collected["runs"].values()):
+        raise CompareError(f"{out_dir}: no finished run of {list(variants)} x seeds {list(seeds)}")
+    summary: dict[str, Any] = {
+        "conditions": _conditions(
+            collected, variants=variants, seeds=seeds, recipe=recipe, overrides=overrides
+        ),
+        "reported": "final epoch's test top-1 (%); best epoch for information only",
+        "variants": {},
+        "differences": [],
+        "missing": collected["missing"],
+    }
+    for v in variants:
+        rs = collected["runs"][v]
+        summary["variants"][v] = {
+            **describe([r["top1"] for r in rs]),
+            "top5_mean": describe([r["top5"] for r in rs])["mean"],
+            "best_top1_mean": describe([r["best_top1"] for r in rs])["mean"],
+            "runs": [{k: x for k, x in r.items() if not k.startswith("_")} for r in rs],
+        }
+    for a, b in PAIRS:
+        if a in variants and b in variants:
+            top1 = {v: {r["seed"]: r["top1"] for r in collected["runs"][v]} for v in (a, b)}
+            summary["differences"].append({"a": a, "b": b, **paired_difference(top1[a], top1[b])})
+    histories = {v: [r["_history"] for r in collected["runs"][v]] for v in variants}
+    return summary, histories
+
+
+# --- compare.md --------------------------------------------------------------------------------
+
+
+def _num(x: float | None, fmt: str = ".2f") -> str:
+    return "–" if x is None else format(x, fmt)
+
+
+def _p(p: float | None) -> str:
+    if p is None:
+        return "–"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _ci(ci: Sequence[float] | None) -> str:
+    return "–" if ci is None else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
+
+
+def _sentence(d: Mapping[str, Any]) -> str:
+    """One plain sentence on whether the difference's interval excludes zero."""
+    a, b = LABELS[d["a"]], LABELS[d["b"]]
+    head = f"{a} − {b}"
+    if not d["n_pairs"]:
+        return f"{head}: no seed has finished runs of both."
+    mean = f"{d['mean']:+.2f} points"
+    if d["ci95"] is None and d["n_pairs"] > 1 and d["mean"] == 0:
+        return f"{head}: the same top-1 for every seed: no measurable effect at this budget."
+    if d["ci95"] is None:
+        return (
+            f"{head}: {mean} over {d['n_pairs']} seed(s), but {d['note']}, so it cannot be told "
+            "apart from seed noise; run more seeds (e.g. --seeds 0,1,2) for an interval."
+        )
+    lo, hi = d["ci95"]
+    if lo <= 0 <= hi:
+        return (
+            f"{head}: {mean}, 95% CI {_ci(d['ci95'])} includes zero: no measurable effect at "
+            "this budget."
+        )
+    verb = "beats" if d["mean"] > 0 else "trails"
+    return (
+        f"{head}: {mean}, 95% CI {_ci(d['ci95'])} excludes zero: {a} {verb} {b} by "
+        f"{abs(d['mean']):.2f} points at this budget (paired t p = {_p(d['p'])}, "
+        f"{d['n_pairs']} seeds)."
+    )
+
+
+def _list(x: Any) -> str:
+    return ", ".join(map(str, x)) if isinstance(x, list) else str(x)
+
+
+def _conditions_text(c: Mapping[str, Any]) -> str:
+    widths = f" (widths {c['widths']})" if c["widths"] else ""
+    sets = f", --set {' '.join(c['overrides'])}" if c["overrides"] else ""
+    return (
+        f"**Conditions.** Model {c['model']}{widths}, {c['epochs']} epoch(s), batch "
+        f"{c['batch_size']}; data: {c['data_source']}, {c['num_train']} train / {c['num_test']} "
+        f"test images. Device {c['device']} ({c['device_name']}), torch {c['torch']}, "
+        f"{c['threads']} thread(s) per run, git {c['git']}. Seeds {_list(c['seeds'])}; recipe "
+        f"{c['recipe']}{sets}."
+    )
+
+
+def render_markdown(summary: Mapping[str, Any]) -> str:
+    """compare.md: conditions, the per-variant table, the differences and one sentence each."""
+    c = summary["conditions"]
+    names = " vs ".join(LABELS[v] for v in summary["variants"])
+    lines = [
+        f"# {names}: {c['model']}",
+        "",
+        _conditions_text(c),
+        "Top-1 is the final epoch's test accuracy (the reported number); the best epoch's is "
+        "shown for information only. ± is the standard deviation over seeds.",
+        "",
+        "| variant | top-1 (%) | n | top-5 (%) | best top-1 (%) |",
+        "|---|---|---|---|---|",
+    ]
+    for v, s in summary["variants"].items():
+        spread = f" ± {s['std']:.2f}" if s["std"] is not None else " (one seed: no std)"
+        top1 = f"{_num(s['mean'])}{spread}" if s["n"] else "–"
+        lines.append(
+            f"| {LABELS[v]} | {top1} | {s['n']} | {_num(s['top5_mean'])} | "
+            f"{_num(s['best_top1_mean'])} |"
+        )
+    if summary["differences"]:
+        lines += [
+            "",
+            "Differences in top-1, paired by seed (same data order and init per seed); 95% "
+            "t-interval and paired-t p, with Welch's unpaired p as a check:",
+            "",
+            "| difference | mean (points) | 95% CI | paired-t p | Welch p | pairs |",
+            "|---|---|---|---|---|---|",
+        ]
+        for d in summary["differences"]:
+            lines.append(
+                f"| {LABELS[d['a']]} − {LABELS[d['b']]} | {_num(d['mean'], '+.2f')} | "
+                f"{_ci(d['ci95'])} | {_p(d['p'])} | {_p(d['p_welch'])} | {d['n_pairs']} |"
+            )
+        lines += ["", *(f"- {_sentence(d)}" for d in summary["differences"])]
+    if summary["missing"]:
+        lines += ["", f"Not finished (left out): {', '.join(summary['missing'])}."]
+    return "\n".join(lines) + "\n"
+
+
+# --- compare.png -------------------------------------------------------------------------------
+
+
+def plot_error_curves(
+    histories: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]],
+    path: str | os.PathLike[str],
+    *,
+    title: str = "",
+) -> Path:
+    """Test top-1 error (%) vs epoch per variant: the mean over seeds and a min-max band.
+
+    Args:
+        histories: variant -> one metrics.jsonl history per seed.
+        path: the PNG to write (atomically).
+        title: the plot title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    try:
+        for i, (v, runs) in enumerate(histories.items()):
+            per_epoch: dict[int, list[float]] = {}
+            for h in runs:
+                for r in h:
+                    per_epoch.setdefault(r["epoch"] + 1, []).append(100.0 - r["test_top1"])
+            if not per_epoch:
+                continue
+            x = sorted(per_epoch)
+            err = [np.asarray(per_epoch[e]) for e in x]
+            colour = f"C{i % 10}"
+            ax.plot(
+                x,
+                [e.mean() for e in err],
+                color=colour,
+                marker="o",
+                label=f"{LABELS[v]} (n={len(runs)})",
+            )
+            ax.fill_between(
+                x, [e.min() for e in err], [e.max() for e in err], color=colour, alpha=0.2
+            )
+        ax.set(xlabel="epoch", ylabel="test top-1 error (%)", title=title or "test top-1 error")
+        ax.grid(alpha=0.3)
+        ax.legend(title="mean; band: min-max over seeds", fontsize="small")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
+# --- files -------------------------------------------------------------------------------------
+
+
+def write_summary(
+    out_dir: str | os.PathLike[str],
+    *,
+    variants: Sequence[str],
+    seeds: Sequence[int],
+    recipe: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Writes ``compare.json``, ``compare.md`` and ``compare.png`` into ``out_dir``; the summary."""
+    out_dir = Path(out_dir)
+    summary, histories = summarize(
+        out_dir, variants=variants, seeds=seeds, recipe=recipe, overrides=overrides
+    )
+    atomic_write_text(out_dir / "compare.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out_dir / "compare.md", render_markdown(summary))
+    c = summary["conditions"]
+    plot_error_curves(histories, out_dir / "compare.png", title=f"{c['model']}, {c['data_source']}")
+    return summary
+
+
+def is_compare_dir(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a comparison directory (compare.json, or ``<variant>/seed<k>`` runs)."""
+    p = Path(path)
+    if (p / "compare.json").is_file():
+        return True
+    return not (p / "results.json").exists() and bool(find_grid(p)["seeds"])
+
+
+def find_grid(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The grid of a comparison directory (variants, seeds, recipe, overrides).
+
+    From compare.json's conditions when there is one, else from the ``<variant>/seed<k>`` folders.
+    """
+    p = Path(out_dir)
+    if (p / "compare.json").is_file():
+        c = _read_json(p / "compare.json")["conditions"]
+        keys = ("variants", "seeds", "recipe", "overrides")
+        return {k: c[k] for k in keys}
+    variants = [v for v in VARIANTS if (p / v).is_dir()]
+    seeds = {
+        int(d.name[4:])
+        for v in variants
+        for d in (p / v).glob("seed*")
+        if d.is_dir() and d.name[4:].isdigit()
+    }
+    return {"variants": variants, "seeds": sorted(seeds), "recipe": None, "overrides": []}
+
+
+def refresh_summary(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Rewrites a comparison directory's summary files from its run directories (``report``)."""
+    return write_summary(out_dir, **find_grid(out_dir))
