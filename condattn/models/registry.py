@@ -73,10 +73,10 @@ def check_model_name(name: str) -> str:
         return external.check_external_name(name)[0]
     if name not in _MODELS:
         close = difflib.get_close_matches(name, list(_MODELS), n=3, cutoff=0.6)
-        hint = f"close matches: {', '.join(close)}; " if close else ""
+        hint = f" (close matches: {', '.join(close)})" if close else ""
         raise ValueError(
-            f"unknown model {name!r}; {hint}valid names: {', '.join(list_models())}, or "
-            "'timm:NAME' / 'torchvision:NAME' for those zoos"
+            f"unknown model {name!r}{hint}: it is not a registered model; valid: "
+            f"{', '.join(list_models())}, or 'timm:NAME' / 'torchvision:NAME' for those zoos"
         )
     return "condattn"
 
