@@ -13,13 +13,12 @@ from condattn.convert import (
     get_config,
     list_attention,
     list_stages,
-    load,
-    save,
 )
 from condattn.losses import DeepSupervisionLoss, LossParts
 from condattn.mappings import get_attention_mapping, register_attention, unregister_attention
 from condattn.outputs import CondOutput
 from condattn.profiling import count_macs, count_params
+from condattn.serialization import load, save
 
 __version__ = "0.1.0"
 

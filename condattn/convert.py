@@ -1,14 +1,16 @@
 """``condattn.convert``: rewrite any CNN into its SE-A / SE-R form with torch.fx.
 
-The pass (design.md, layer 2), in numbered steps:
+The pass (design.md, layer 2) is one named function per step; :func:`convert` calls them in order:
 
-1. validate the arguments;
-2. deep-copy, so the caller's model is never mutated;
-3. trace with every swappable attention type as a leaf, and propagate shapes;
-4. insert an aux head after each ``aux_at`` node (and the auxiliary model, if any);
-5. swap each attention node fed by a head for its ``Cond*`` twin and append T to its args;
-6. rewire the output to ``CondOutput(logits, aux_logits)``;
-7. ``graph.lint()`` and ``recompile()``.
+1. :func:`_validate` the arguments, and refuse a model that is already converted;
+2. :func:`_copy` the model, so the caller's model is never mutated;
+3. :func:`_trace` with every swappable attention type as a leaf, propagate shapes, and collect
+   the attention sites;
+4. :func:`_insert_heads`: an aux head after each ``aux_at`` node (and the auxiliary model);
+5. :func:`_route`: which attention each head conditions;
+6. :func:`_swap` each routed attention node for its ``Cond*`` twin and append T to its args;
+7. :func:`_rewire_output` to ``CondOutput(logits, aux_logits)``;
+8. :func:`_finish`: ``graph.lint()``, ``recompile()``, and the conversion config.
 """
 
 from __future__ import annotations
@@ -16,11 +18,8 @@ from __future__ import annotations
 import copy
 import difflib
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -28,7 +27,7 @@ from torch import fx, nn
 
 from condattn import _fx
 from condattn._fx import ConversionError
-from condattn.mappings import COND_TYPES, get_attention_mapping
+from condattn.mappings import Builder, as_builder, cond_types, get_attention_mapping
 from condattn.nn import AuxHead, CondLinear
 from condattn.nn._common import INITS
 from condattn.outputs import CondOutput
@@ -40,13 +39,12 @@ __all__ = [
     "get_config",
     "list_attention",
     "list_stages",
-    "load",
-    "save",
 ]
 
 CONDS = ("logits", "probs")
 AUX_MODEL = "aux_model"  # the name of the section 5.6 auxiliary model inside a converted model
-_FORMAT = "condattn.checkpoint.v1"
+AUX_HEAD_KEYS = ("pool_size", "width", "hidden")
+INLINE_SE = "inline SE"  # the kind of an SE written inline (its W1 is swapped for a CondLinear)
 
 
 @dataclass(frozen=True)
@@ -91,57 +89,125 @@ def get_config(model: nn.Module) -> ConvertConfig:
     return cfg
 
 
-# --- step 1 ---------------------------------------------------------------------------------
+# --- what the steps pass to each other ---------------------------------------------------------
 
 
-def _check_not_converted(model: nn.Module) -> None:
-    if isinstance(model, fx.GraphModule) and "condattn_config" in getattr(model, "meta", {}):
-        raise ConversionError(
-            "this model is already converted (it has a condattn config); convert the original "
-            "model instead, or load a saved conversion with condattn.load(path, base_model)"
-        )
-    for name, m in model.named_modules():
-        if isinstance(m, (*COND_TYPES, AuxHead)):
-            raise ConversionError(
-                f"this model already contains a condattn {type(m).__name__} at {name!r}: it looks "
-                "converted. Convert the original model instead."
-            )
+@dataclass(frozen=True)
+class _Options:
+    """The validated options of one conversion (step 1)."""
+
+    aux_at: tuple[str, ...]
+    num_classes: int | None
+    conditioned: bool
+    cond: str
+    detach_cond: bool
+    aux_dropout: float
+    init: str
+    aux_head: dict[str, int]
+    mapping: dict[type[nn.Module], Any]
+    example_shape: tuple[int, ...] = ()
 
 
-def _validate(aux_at, *, cond, init, aux_dropout, num_classes, aux_model) -> tuple[str, ...]:
-    if isinstance(aux_at, str):
-        aux_at = (aux_at,)
-    aux_at = tuple(aux_at)
-    if not all(isinstance(a, str) for a in aux_at):
-        raise TypeError(f"aux_at must be a list of module names, got {aux_at!r}")
-    if len(set(aux_at)) != len(aux_at):
-        raise ValueError(f"aux_at has duplicates: {aux_at}")
-    if not aux_at and aux_model is None:
-        raise ValueError("give at least one aux_at stage, or an aux_model= (paper section 5.6)")
-    if cond not in CONDS:
-        raise ValueError(f"cond must be one of {CONDS}, got {cond!r}")
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    if not 0.0 <= aux_dropout < 1.0:
-        raise ValueError(f"aux_dropout must be in [0, 1), got {aux_dropout}")
-    if num_classes is not None and (not isinstance(num_classes, int) or num_classes <= 0):
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    if aux_model is not None and not isinstance(aux_model, nn.Module):
-        raise TypeError(f"aux_model must be an nn.Module, got {type(aux_model).__name__}")
-    return aux_at
+@dataclass
+class _Attention:
+    """One swappable attention site. Every site is collected here, in one place (step 3), so
+    that a second route (attention inside a leaf) can be added beside the graph route."""
 
-
-# --- step 3 helpers -------------------------------------------------------------------------
+    node: fx.Node  # the call that receives T: a module call, or an inline SE's W1
+    kind: str  # the source type's name, or INLINE_SE
+    build: Builder  # build(src, *, channels=C, cond_dim=n, init=...) -> twin
+    channels: int | None  # C, the channels of the node's input as traced
 
 
 @dataclass
 class _Traced:
     gm: fx.GraphModule
     outputs: dict[str, fx.Node]  # module name -> output node (4-D outputs only)
-    attention: dict[str, fx.Node]  # attention name -> node (module call, or inline SE's W1)
-    kinds: dict[str, str]
+    attention: dict[str, _Attention]  # attention name -> site, in network order
     input: fx.Node
     logits: fx.Node
+
+    def order(self) -> dict[fx.Node, int]:
+        return {n: i for i, n in enumerate(self.gm.graph.nodes)}
+
+
+@dataclass(frozen=True)
+class _Head:
+    name: str  # an aux_at entry, or AUX_MODEL
+    out: fx.Node  # the head's logits (returned in aux_logits)
+    cond: fx.Node  # T as fed to the attention (after the optional softmax / detach)
+
+
+# --- step 1: validate --------------------------------------------------------------------------
+
+
+def _check_not_converted(model: nn.Module, mapping: Mapping[type[nn.Module], Any]) -> None:
+    if isinstance(model, fx.GraphModule) and "condattn_config" in getattr(model, "meta", {}):
+        raise ConversionError(
+            "this model is already converted (it has a condattn config); convert the original "
+            "model instead, or load a saved conversion with condattn.load(path, base_model)"
+        )
+    twins = (*cond_types(mapping), AuxHead)
+    for name, m in model.named_modules():
+        if isinstance(m, twins):
+            raise ConversionError(
+                f"this model already contains a condattn {type(m).__name__} at {name!r}: it looks "
+                "converted. Convert the original model instead."
+            )
+
+
+def _check_aux_at(aux_at: Sequence[str] | str) -> tuple[str, ...]:
+    aux_at = (aux_at,) if isinstance(aux_at, str) else tuple(aux_at)
+    if not all(isinstance(a, str) for a in aux_at):
+        raise TypeError(f"aux_at must be a list of module names, got {aux_at!r}")
+    if len(set(aux_at)) != len(aux_at):
+        raise ValueError(f"aux_at has duplicates: {aux_at}")
+    return aux_at
+
+
+def _check_mapping(mapping: Mapping[type[nn.Module], Any] | None) -> dict[type[nn.Module], Any]:
+    if mapping is None:
+        return get_attention_mapping()
+    if not isinstance(mapping, Mapping):
+        raise TypeError(f"mapping must be a dict of type -> twin, got {type(mapping).__name__}")
+    for src_type, value in mapping.items():
+        if not (isinstance(src_type, type) and issubclass(src_type, nn.Module)):
+            raise TypeError(f"mapping keys must be nn.Module subclasses, got {src_type!r}")
+        as_builder(value)
+    return dict(mapping)
+
+
+def _validate(model: nn.Module, aux_at, *, aux_model, aux_head, mapping, **opts) -> _Options:
+    aux_at = _check_aux_at(aux_at)
+    if not aux_at and aux_model is None:
+        raise ValueError("give at least one aux_at stage, or an aux_model= (paper section 5.6)")
+    if opts["cond"] not in CONDS:
+        raise ValueError(f"cond must be one of {CONDS}, got {opts['cond']!r}")
+    if opts["init"] not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {opts['init']!r}")
+    if not 0.0 <= opts["aux_dropout"] < 1.0:
+        raise ValueError(f"aux_dropout must be in [0, 1), got {opts['aux_dropout']}")
+    n = opts["num_classes"]
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n <= 0):
+        raise ValueError(f"num_classes must be a positive int, got {n!r}")
+    if aux_model is not None and not isinstance(aux_model, nn.Module):
+        raise TypeError(f"aux_model must be an nn.Module, got {type(aux_model).__name__}")
+    head_kw = {"pool_size": 4, "width": 128, "hidden": 1024, **(aux_head or {})}
+    if set(head_kw) - set(AUX_HEAD_KEYS):
+        raise ValueError(f"aux_head takes {', '.join(AUX_HEAD_KEYS)}; got {sorted(aux_head)}")
+    mapping = _check_mapping(mapping)
+    _check_not_converted(model, mapping)
+    return _Options(aux_at=aux_at, aux_head=head_kw, mapping=mapping, **opts)
+
+
+# --- step 2: deep-copy -------------------------------------------------------------------------
+
+
+def _copy(model: nn.Module, aux_model: nn.Module | None) -> tuple[nn.Module, nn.Module | None]:
+    return copy.deepcopy(model), (copy.deepcopy(aux_model) if aux_model is not None else None)
+
+
+# --- step 3: trace -----------------------------------------------------------------------------
 
 
 def _default_example(model: nn.Module) -> torch.Tensor:
@@ -152,8 +218,53 @@ def _default_example(model: nn.Module) -> torch.Tensor:
     return torch.zeros(1, cin, 32, 32, **kw)
 
 
-def _trace(model, *, leaf_modules, concrete_args, example) -> _Traced:
-    mapping = get_attention_mapping()
+def _in_channels(node: fx.Node) -> int | None:
+    arg = node.args[0] if node.args else None
+    shape = _fx.node_shape(arg) if isinstance(arg, fx.Node) else None
+    return int(shape[1]) if shape is not None and len(shape) > 1 else None
+
+
+def _collect_attention(
+    gm: fx.GraphModule, mapping: Mapping[type[nn.Module], Any]
+) -> dict[str, _Attention]:
+    """Every swappable attention site: module calls of a mapped type, and inline SEs' W1."""
+    found: dict[fx.Node, tuple[str, _Attention]] = {}
+    seen: set[str] = set()
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and node.target not in seen:
+            src_type = type(gm.get_submodule(node.target))
+            if src_type in mapping:
+                seen.add(node.target)
+                site = _Attention(node, src_type.__name__, as_builder(mapping[src_type]), None)
+                found[node] = (node.target, site)
+    for se in _fx.find_inline_se(gm):
+        found[se.w1] = (se.w1.target, _Attention(se.w1, INLINE_SE, CondLinear.from_module, None))
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    sites = dict(v for _, v in sorted(found.items(), key=lambda kv: order[kv[0]]))
+    for site in sites.values():
+        site.channels = _in_channels(site.node)
+    return sites
+
+
+def _logits_node(gm: fx.GraphModule) -> fx.Node:
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    logits = out_node.args[0]
+    shape = _fx.node_shape(logits) if isinstance(logits, fx.Node) else None
+    if shape is None or len(shape) != 2:
+        raise ConversionError(
+            "the model must return one (batch, num_classes) tensor of logits; it returns "
+            f"{logits!r}. Wrap it so that forward returns the logits only."
+        )
+    return logits
+
+
+def _trace(
+    model: nn.Module,
+    mapping: Mapping[type[nn.Module], Any],
+    leaf_modules: Sequence[str | type[nn.Module]],
+    concrete_args: dict[str, Any] | None,
+    example: torch.Tensor,
+) -> _Traced:
     res = _fx.trace(
         model, leaf_types=tuple(mapping), leaf_modules=leaf_modules, concrete_args=concrete_args
     )
@@ -168,32 +279,37 @@ def _trace(model, *, leaf_modules, concrete_args, example) -> _Traced:
             f"running the traced model on an example input of shape {tuple(example.shape)} "
             f"failed ({type(e).__name__}: {e}); pass example_input= with a valid input"
         ) from e
-    out_node = next(n for n in gm.graph.nodes if n.op == "output")
-    logits = out_node.args[0]
-    if (
-        not isinstance(logits, fx.Node)
-        or _fx.node_shape(logits) is None
-        or len(_fx.node_shape(logits)) != 2
-    ):
-        raise ConversionError(
-            "the model must return one (batch, num_classes) tensor of logits; it returns "
-            f"{logits!r}. Wrap it so that forward returns the logits only."
-        )
+    logits = _logits_node(gm)
     outputs = {
         name: node
         for name, node in res.module_outputs.items()
         if name and (s := _fx.node_shape(node)) is not None and len(s) == 4
     }
-    attention: dict[str, fx.Node] = {}
-    kinds: dict[str, str] = {}
-    for node in gm.graph.nodes:
-        if node.op == "call_module" and type(gm.get_submodule(node.target)) in mapping:
-            attention.setdefault(node.target, node)
-            kinds[node.target] = type(gm.get_submodule(node.target)).__name__
-    for se in _fx.find_inline_se(gm):
-        attention[se.w1.target] = se.w1
-        kinds[se.w1.target] = "inline SE"
-    return _Traced(gm, outputs, attention, kinds, placeholders[0], logits)
+    return _Traced(gm, outputs, _collect_attention(gm, mapping), placeholders[0], logits)
+
+
+def _unknown(kind: str, name: str, valid: Sequence[str], hint: str) -> ConversionError:
+    close = difflib.get_close_matches(name, valid, n=3)
+    shown = ", ".join(valid[:40]) + (f", ... ({len(valid)} in all)" if len(valid) > 40 else "")
+    did = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    return ConversionError(f"unknown {kind} {name!r}.{did} Valid choices: {shown}. {hint}")
+
+
+def _check_stages(t: _Traced, aux_at: Sequence[str]) -> None:
+    """Every ``aux_at`` entry is a module with a 4-D output, and they are in network order."""
+    order = t.order()
+    for name in aux_at:
+        if name not in t.outputs:
+            raise _unknown(
+                "aux_at stage", name, list(t.outputs), "See condattn.list_stages(model)."
+            )
+    positions = [order[t.outputs[a]] for a in aux_at]
+    if positions != sorted(positions):
+        ordered = sorted(aux_at, key=lambda a: order[t.outputs[a]])
+        raise ConversionError(f"aux_at must be listed in network order: {ordered}")
+
+
+# --- step 4: insert the heads ------------------------------------------------------------------
 
 
 def _check_aux_model(aux_model: nn.Module, example: torch.Tensor, n: int) -> None:
@@ -214,47 +330,80 @@ def _check_aux_model(aux_model: nn.Module, example: torch.Tensor, n: int) -> Non
         )
 
 
-def _order(gm: fx.GraphModule) -> dict[fx.Node, int]:
-    return {n: i for i, n in enumerate(gm.graph.nodes)}
+def _cond_of(graph: fx.Graph, out: fx.Node, opts: _Options) -> fx.Node:
+    """T as the attention reads it: the head's logits, optionally softmaxed and detached."""
+    t = out
+    if opts.cond == "probs":
+        with graph.inserting_after(t):
+            t = graph.call_function(torch.softmax, (t,), {"dim": 1})
+    if opts.detach_cond:
+        with graph.inserting_after(t):
+            t = graph.call_method("detach", (t,))
+    return t
 
 
-def _unknown(kind: str, name: str, valid: Sequence[str], hint: str) -> ConversionError:
-    close = difflib.get_close_matches(name, valid, n=3)
-    shown = ", ".join(valid[:40]) + (f", ... ({len(valid)} in all)" if len(valid) > 40 else "")
-    did = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-    return ConversionError(f"unknown {kind} {name!r}.{did} Valid choices: {shown}. {hint}")
+def _insert_heads(
+    t: _Traced, opts: _Options, *, n: int, aux_model: nn.Module | None, example: torch.Tensor
+) -> list[_Head]:
+    """Add ``aux1``, ``aux2``, ... after the ``aux_at`` nodes (and the aux model after the
+    input); returns the heads in network order."""
+    gm, graph = t.gm, t.gm.graph
+    outs: list[tuple[str, fx.Node]] = []
+    if aux_model is not None:
+        _check_aux_model(aux_model, example, n)
+        gm.add_submodule(AUX_MODEL, aux_model)
+        with graph.inserting_after(t.input):
+            outs.append((AUX_MODEL, graph.call_module(AUX_MODEL, (t.input,))))
+    used = {name for name, _ in gm.named_modules()}
+    for i, name in enumerate(opts.aux_at, start=1):
+        stage = t.outputs[name]
+        target = f"aux{i}"
+        while target in used:
+            target = "_" + target
+        head = AuxHead(_fx.node_shape(stage)[1], n, dropout=opts.aux_dropout, **opts.aux_head)
+        gm.add_submodule(target, head)
+        with graph.inserting_after(stage):
+            outs.append((name, graph.call_module(target, (stage,))))
+    return [_Head(name, out, _cond_of(graph, out, opts)) for name, out in outs]
 
 
-def _route(
-    t: _Traced, heads: list[tuple[str, fx.Node]], feeds: Mapping[str, Sequence[str]] | None
+# --- step 5: route -----------------------------------------------------------------------------
+
+
+def _default_routing(t: _Traced, heads: Sequence[_Head]) -> dict[str, tuple[str, ...]]:
+    """The paper's routing: each attention module is fed by the nearest head before it."""
+    order = t.order()
+    routing: dict[str, list[str]] = {h.name: [] for h in heads}
+    for att, site in t.attention.items():
+        before = [h.name for h in heads if order[h.out] < order[site.node]]
+        if before:
+            routing[before[-1]].append(att)
+    return {h: tuple(v) for h, v in routing.items()}
+
+
+def _user_routing(
+    t: _Traced, heads: Sequence[_Head], feeds: Mapping[str, Sequence[str]]
 ) -> dict[str, tuple[str, ...]]:
-    """Which attention each head conditions: by default the attention after it, up to the next."""
-    order = _order(t.gm)
-    names = [h for h, _ in heads]
-    if feeds is None:
-        routing: dict[str, list[str]] = {h: [] for h in names}
-        for att, node in t.attention.items():
-            before = [h for h, hn in heads if order[hn] < order[node]]
-            if before:
-                routing[before[-1]].append(att)
-        return {h: tuple(v) for h, v in routing.items()}
+    """``feeds``: head -> attention names or prefixes; each must come after its head."""
+    order = t.order()
+    names = [h.name for h in heads]
     unknown_heads = set(feeds) - set(names)
     if unknown_heads:
         raise ConversionError(
             f"feeds names heads {sorted(unknown_heads)} that are not in aux_at/aux_model: {names}"
         )
-    routing = {h: [] for h in names}
+    routing: dict[str, list[str]] = {h: [] for h in names}
     taken: dict[str, str] = {}
-    head_node = dict(heads)
+    head_out = {h.name: h.out for h in heads}
     for h, atts in feeds.items():
         for a in [atts] if isinstance(atts, str) else atts:
-            matched = [n for n in t.attention if n == a or n.startswith(a + ".")]
+            matched = [m for m in t.attention if m == a or m.startswith(a + ".")]
             if not matched:
                 raise _unknown(
                     "attention module", a, list(t.attention), "See condattn.list_attention(model)."
                 )
             for m in matched:
-                if order[t.attention[m]] <= order[head_node[h]]:
+                if order[t.attention[m].node] <= order[head_out[h]]:
                     raise ConversionError(
                         f"head {h!r} cannot feed {m!r}: that attention runs before the head's "
                         "output exists. Feed only attention that comes after the head."
@@ -266,7 +415,97 @@ def _route(
     return {h: tuple(v) for h, v in routing.items()}
 
 
-# --- the pass -------------------------------------------------------------------------------
+def _route(
+    t: _Traced,
+    heads: Sequence[_Head],
+    feeds: Mapping[str, Sequence[str]] | None,
+    *,
+    conditioned: bool,
+) -> dict[str, tuple[str, ...]]:
+    """Head name -> the attention it conditions (none at all for SE-A)."""
+    if not conditioned:
+        return {h.name: () for h in heads}
+    if feeds is not None:
+        return _user_routing(t, heads, feeds)
+    routing = _default_routing(t, heads)
+    for h, atts in routing.items():
+        if not atts:
+            with_att = [s for s, v in _stages_with_attention(t).items() if v]
+            raise ConversionError(
+                f"aux head at {h!r} has no attention module after it to condition. Stages "
+                f"followed by attention: {with_att or 'none'}. Use conditioned=False for "
+                "heads only (SE-A), or register your attention type with "
+                "condattn.register_attention."
+            )
+    return routing
+
+
+# --- step 6: swap ------------------------------------------------------------------------------
+
+
+def _swap(
+    t: _Traced, heads: Sequence[_Head], routing: Mapping[str, Sequence[str]], *, n: int, init: str
+) -> None:
+    """Replace each routed attention module by its twin; every call of it gets T appended."""
+    gm = t.gm
+    calls: dict[str, list[fx.Node]] = {}
+    for x in gm.graph.nodes:
+        if x.op == "call_module":
+            calls.setdefault(x.target, []).append(x)
+    cond = {h.name: h.cond for h in heads}
+    for h, atts in routing.items():
+        for att in atts:
+            site = t.attention[att]
+            if site.channels is None:
+                raise ConversionError(f"the input of attention {att!r} has no traced channel count")
+            src = gm.get_submodule(site.node.target)
+            twin = site.build(src, channels=site.channels, cond_dim=n, init=init)
+            _fx.replace_submodule(gm, site.node.target, twin)
+            for call in calls.get(site.node.target, ()):  # every call of a shared module gets T
+                call.args = (*call.args, cond[h])
+
+
+# --- step 7: rewire the output -----------------------------------------------------------------
+
+
+def _rewire_output(t: _Traced, heads: Sequence[_Head]) -> None:
+    graph = t.gm.graph
+    out = next(x for x in graph.nodes if x.op == "output")
+    with graph.inserting_before(out):
+        packed = graph.call_function(CondOutput, (t.logits, tuple(h.out for h in heads)))
+    out.args = (packed,)
+
+
+# --- step 8: lint, recompile, record -----------------------------------------------------------
+
+
+def _config(opts: _Options, *, n: int, feeds, aux_model, leaf_modules) -> ConvertConfig:
+    """What :func:`condattn.load` needs to redo the conversion (``example_shape`` included)."""
+    return ConvertConfig(
+        aux_at=opts.aux_at,
+        num_classes=n,
+        feeds={h: tuple(v) for h, v in feeds.items()},
+        conditioned=opts.conditioned,
+        cond=opts.cond,
+        detach_cond=opts.detach_cond,
+        aux_dropout=opts.aux_dropout,
+        init=opts.init,
+        aux_model=aux_model is not None,
+        aux_head=opts.aux_head,
+        leaf_modules=tuple(x for x in leaf_modules if isinstance(x, str)),
+        example_shape=opts.example_shape,
+    )
+
+
+def _finish(gm: fx.GraphModule, *, training: bool, config: ConvertConfig) -> fx.GraphModule:
+    gm.graph.lint()
+    gm.recompile()
+    gm.train(training)
+    gm.meta["condattn_config"] = config
+    return gm
+
+
+# --- the pass ----------------------------------------------------------------------------------
 
 
 def convert(
@@ -285,6 +524,7 @@ def convert(
     example_input: torch.Tensor | None = None,
     leaf_modules: Sequence[str | type[nn.Module]] = (),
     concrete_args: dict[str, Any] | None = None,
+    mapping: Mapping[type[nn.Module], Any] | None = None,
 ) -> fx.GraphModule:
     """Insert aux heads into ``model`` and feed their logits T to the attention after them.
 
@@ -308,6 +548,8 @@ def convert(
         example_input: an input to infer shapes from (default ``zeros(1, C_in, 32, 32)``).
         leaf_modules: module names or types fx must not trace into (for untraceable code).
         concrete_args: passed to ``torch.fx.Tracer.trace`` to specialise Python control flow.
+        mapping: the swap table, source type -> twin (see :mod:`condattn.mappings`); default
+            :func:`condattn.get_attention_mapping`.
 
     Returns:
         A ``torch.fx.GraphModule`` whose forward returns :class:`CondOutput` in train and eval.
@@ -316,148 +558,50 @@ def convert(
         ConversionError: with the valid choices, for a bad ``aux_at``, a head with no attention
             to condition, an untraceable model, an already converted model, or unknown n.
     """
-    # 1. validate
-    aux_at = _validate(
+    opts = _validate(  # 1
+        model,
         aux_at,
-        cond=cond,
-        init=init,
-        aux_dropout=aux_dropout,
-        num_classes=num_classes,
         aux_model=aux_model,
-    )
-    _check_not_converted(model)
-    head_kw = {"pool_size": 4, "width": 128, "hidden": 1024, **(aux_head or {})}
-    if set(head_kw) - {"pool_size", "width", "hidden"}:
-        raise ValueError(f"aux_head takes pool_size, width, hidden; got {sorted(aux_head)}")
-
-    # 2. deep-copy
-    was_training = model.training
-    model = copy.deepcopy(model)
-    aux_model = copy.deepcopy(aux_model) if aux_model is not None else None
-    example = example_input if example_input is not None else _default_example(model)
-
-    # 3. trace
-    t = _trace(model, leaf_modules=leaf_modules, concrete_args=concrete_args, example=example)
-    gm, graph = t.gm, t.gm.graph
-    n = num_classes or int(_fx.node_shape(t.logits)[1])
-    order = _order(gm)
-    for name in aux_at:
-        if name not in t.outputs:
-            raise _unknown(
-                "aux_at stage", name, list(t.outputs), "See condattn.list_stages(model)."
-            )
-    positions = [order[t.outputs[a]] for a in aux_at]
-    if positions != sorted(positions):
-        ordered = sorted(aux_at, key=lambda a: order[t.outputs[a]])
-        raise ConversionError(f"aux_at must be listed in network order: {ordered}")
-
-    # 4. insert the heads (and the auxiliary model)
-    heads: list[tuple[str, fx.Node]] = []  # (head name, T node)
-    head_outputs: list[fx.Node] = []
-    used = {name for name, _ in gm.named_modules()}
-    if aux_model is not None:
-        _check_aux_model(aux_model, example, n)
-        gm.add_submodule(AUX_MODEL, aux_model)
-        with graph.inserting_after(t.input):
-            head_outputs.append(graph.call_module(AUX_MODEL, (t.input,)))
-        heads.append((AUX_MODEL, head_outputs[-1]))
-    for i, name in enumerate(aux_at, start=1):
-        stage = t.outputs[name]
-        target = f"aux{i}"
-        while target in used:
-            target = "_" + target
-        gm.add_submodule(
-            target, AuxHead(_fx.node_shape(stage)[1], n, dropout=aux_dropout, **head_kw)
-        )
-        with graph.inserting_after(stage):
-            head_outputs.append(graph.call_module(target, (stage,)))
-        heads.append((name, head_outputs[-1]))
-    cond_nodes: dict[str, fx.Node] = {}
-    for name, node in heads:
-        tnode = node
-        with graph.inserting_after(tnode):
-            if cond == "probs":
-                tnode = graph.call_function(torch.softmax, (tnode,), {"dim": 1})
-        with graph.inserting_after(tnode):
-            if detach_cond:
-                tnode = graph.call_method("detach", (tnode,))
-        cond_nodes[name] = tnode
-
-    routing = _route(t, heads, feeds) if conditioned else {h: () for h, _ in heads}
-    if conditioned and feeds is None:
-        for h, atts in routing.items():
-            if not atts:
-                with_att = [s for s, v in _stages_with_attention(t).items() if v]
-                raise ConversionError(
-                    f"aux head at {h!r} has no attention module after it to condition. Stages "
-                    f"followed by attention: {with_att or 'none'}. Use conditioned=False for "
-                    "heads only (SE-A), or register your attention type with "
-                    "condattn.register_attention."
-                )
-
-    # 5. swap the fed attention for its twins
-    mapping = get_attention_mapping()
-    calls: dict[str, list[fx.Node]] = {}
-    for x in graph.nodes:
-        if x.op == "call_module":
-            calls.setdefault(x.target, []).append(x)
-    for h, atts in routing.items():
-        for att in atts:
-            node = t.attention[att]
-            src = gm.get_submodule(node.target)
-            if t.kinds[att] == "inline SE":
-                twin = CondLinear.from_module(src, cond_dim=n, init=init)
-            else:
-                c = _fx.node_shape(node.args[0])
-                if c is not None and len(c) > 1 and not hasattr(src, "channels"):
-                    src._condattn_channels = int(c[1])
-                twin = mapping[type(src)](src, cond_dim=n, init=init)
-            _fx.replace_submodule(gm, node.target, twin)
-            for call in calls.get(node.target, ()):  # every call of a shared module gets T
-                call.args = (*call.args, cond_nodes[h])
-
-    # 6. rewire the output
-    out = next(x for x in graph.nodes if x.op == "output")
-    with graph.inserting_before(out):
-        packed = graph.call_function(CondOutput, (t.logits, tuple(head_outputs)))
-    out.args = (packed,)
-
-    # 7. lint and recompile
-    graph.lint()
-    gm.recompile()
-    gm.train(was_training)
-    gm.meta["condattn_config"] = ConvertConfig(
-        aux_at=aux_at,
-        num_classes=n,
-        feeds={h: tuple(v) for h, v in routing.items()},
+        aux_head=aux_head,
+        mapping=mapping,
+        num_classes=num_classes,
         conditioned=conditioned,
         cond=cond,
         detach_cond=detach_cond,
         aux_dropout=aux_dropout,
         init=init,
-        aux_model=aux_model is not None,
-        aux_head=head_kw,
-        leaf_modules=tuple(x for x in leaf_modules if isinstance(x, str)),
-        example_shape=tuple(example.shape),
     )
-    return gm
+    training = model.training
+    model, aux_model = _copy(model, aux_model)  # 2
+    example = example_input if example_input is not None else _default_example(model)
+    opts = replace(opts, example_shape=tuple(example.shape))
+    t = _trace(model, opts.mapping, leaf_modules, concrete_args, example)  # 3
+    n = opts.num_classes or int(_fx.node_shape(t.logits)[1])
+    _check_stages(t, opts.aux_at)
+    heads = _insert_heads(t, opts, n=n, aux_model=aux_model, example=example)  # 4
+    routing = _route(t, heads, feeds, conditioned=conditioned)  # 5
+    _swap(t, heads, routing, n=n, init=init)  # 6
+    _rewire_output(t, heads)  # 7
+    config = _config(opts, n=n, feeds=routing, aux_model=aux_model, leaf_modules=leaf_modules)
+    return _finish(t.gm, training=training, config=config)  # 8
 
 
-# --- discovery ------------------------------------------------------------------------------
+# --- discovery ---------------------------------------------------------------------------------
 
 
 def _stages_with_attention(t: _Traced) -> dict[str, list[str]]:
-    order = _order(t.gm)
+    order = t.order()
     return {
-        name: [a for a, an in t.attention.items() if order[an] > order[node]]
+        name: [a for a, site in t.attention.items() if order[site.node] > order[node]]
         for name, node in t.outputs.items()
     }
 
 
-def _trace_for_listing(model, leaf_modules, concrete_args, example_input) -> _Traced:
+def _trace_for_listing(model, leaf_modules, concrete_args, example_input, mapping) -> _Traced:
+    mapping = _check_mapping(mapping)
     model = copy.deepcopy(model)
     example = example_input if example_input is not None else _default_example(model)
-    return _trace(model, leaf_modules=leaf_modules, concrete_args=concrete_args, example=example)
+    return _trace(model, mapping, leaf_modules, concrete_args, example)
 
 
 def list_stages(
@@ -466,11 +610,12 @@ def list_stages(
     example_input: torch.Tensor | None = None,
     leaf_modules: Sequence[str | type[nn.Module]] = (),
     concrete_args: dict[str, Any] | None = None,
+    mapping: Mapping[type[nn.Module], Any] | None = None,
 ) -> dict[str, list[str]]:
     """Valid ``aux_at`` names (modules with a 4-D output, in network order) -> the attention
     modules after each, i.e. what a single head there would condition."""
     return _stages_with_attention(
-        _trace_for_listing(model, leaf_modules, concrete_args, example_input)
+        _trace_for_listing(model, leaf_modules, concrete_args, example_input, mapping)
     )
 
 
@@ -481,103 +626,20 @@ def list_attention(
     example_input: torch.Tensor | None = None,
     leaf_modules: Sequence[str | type[nn.Module]] = (),
     concrete_args: dict[str, Any] | None = None,
+    mapping: Mapping[type[nn.Module], Any] | None = None,
 ) -> dict[str, dict[str, str | None]]:
     """Swappable attention in network order: name -> ``{"kind": ..., "fed_by": head or None}``.
 
     ``fed_by`` is the ``aux_at`` entry that would condition it under the default routing.
     """
-    t = _trace_for_listing(model, leaf_modules, concrete_args, example_input)
-    order = _order(t.gm)
+    t = _trace_for_listing(model, leaf_modules, concrete_args, example_input, mapping)
+    order = t.order()
     aux_at = [aux_at] if isinstance(aux_at, str) else list(aux_at or [])
     for a in aux_at:
         if a not in t.outputs:
             raise _unknown("aux_at stage", a, list(t.outputs), "See condattn.list_stages(model).")
     result = {}
-    for name, node in sorted(t.attention.items(), key=lambda kv: order[kv[1]]):
-        before = [a for a in aux_at if order[t.outputs[a]] < order[node]]
-        result[name] = {"kind": t.kinds[name], "fed_by": before[-1] if before else None}
+    for name, site in t.attention.items():
+        before = [a for a in aux_at if order[t.outputs[a]] < order[site.node]]
+        result[name] = {"kind": site.kind, "fed_by": before[-1] if before else None}
     return result
-
-
-# --- saving ---------------------------------------------------------------------------------
-
-
-def save(
-    model: nn.Module, path: str | os.PathLike, *, extra: Mapping[str, Any] | None = None
-) -> Path:
-    """Save a converted model as its state_dict plus its conversion config (JSON), atomically.
-
-    No GraphModule is pickled: :func:`load` rebuilds the model from its base model.
-    """
-    cfg = get_config(model)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": _FORMAT,
-        "config": cfg.to_json(),
-        "state_dict": model.state_dict(),
-        "extra": json.dumps(dict(extra or {})),
-    }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def load(
-    path: str | os.PathLike,
-    base_model: nn.Module,
-    *,
-    aux_model: nn.Module | None = None,
-    map_location: str | torch.device | None = "cpu",
-    leaf_modules: Sequence[str | type[nn.Module]] = (),
-    concrete_args: dict[str, Any] | None = None,
-) -> fx.GraphModule:
-    """Rebuild a model saved with :func:`save`: re-convert ``base_model``, then load the weights.
-
-    Args:
-        path: the file written by :func:`save`.
-        base_model: a model of the same architecture as the one converted (its weights are
-            replaced).
-        aux_model: the auxiliary model's architecture, if the conversion had one.
-        leaf_modules: leaf module *types* given to :func:`convert` (names are saved in the file).
-        concrete_args: the ``concrete_args`` given to :func:`convert` (they are not saved).
-    """
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # torch.load raises many types for a foreign file
-        raise ValueError(
-            f"{path} is not a condattn checkpoint (written by condattn.save): {e}"
-        ) from e
-    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-        raise ValueError(f"{path} is not a condattn checkpoint (written by condattn.save)")
-    cfg = ConvertConfig.from_json(payload["config"])
-    if cfg.aux_model and aux_model is None:
-        raise ValueError(
-            f"{path} was converted with an aux_model: pass aux_model= (its architecture)"
-        )
-    model = convert(
-        base_model,
-        cfg.aux_at,
-        num_classes=cfg.num_classes,
-        feeds={h: list(v) for h, v in cfg.feeds.items()} if cfg.conditioned else None,
-        conditioned=cfg.conditioned,
-        cond=cfg.cond,
-        detach_cond=cfg.detach_cond,
-        aux_dropout=cfg.aux_dropout,
-        init=cfg.init,
-        aux_model=aux_model,
-        aux_head=cfg.aux_head,
-        example_input=torch.zeros(cfg.example_shape) if cfg.example_shape else None,
-        leaf_modules=(*cfg.leaf_modules, *leaf_modules),
-        concrete_args=concrete_args,
-    )
-    model.load_state_dict(payload["state_dict"], strict=True)
-    return model

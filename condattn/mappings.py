@@ -1,9 +1,13 @@
-"""The swap table: plain attention type -> a builder of its conditioned twin.
+"""The swap table: plain attention type -> its conditioned twin (a class, or a builder of one).
 
 Like torch.ao's quantization mappings: a plain dict, a getter that returns a copy, and one
-extension point, :func:`register_attention`, that refuses duplicates. A builder is called as
-``builder(src, cond_dim=n, init="zeros")`` and returns a module whose ``forward(x, cond)`` returns a
-tensor shaped like ``x``; a ``Cond*`` class with ``from_module`` is such a builder.
+extension point, :func:`register_attention`, that refuses duplicates. The table is the single
+record of the twin types: :func:`cond_types` reads them from it.
+
+A value is either a ``Cond*`` class with ``from_module`` or a builder function marked with
+:func:`builds`. Either way it is called as ``builder(src, *, channels=C, cond_dim=n, init=...)``,
+where C is the channel count of the attention's input tensor as traced, and returns a module whose
+``forward(x, cond)`` returns a tensor shaped like ``x``.
 
 Covered: condattn's own blocks; ``torchvision.ops.SqueezeExcitation`` (EfficientNet, MobileNetV3,
 RegNet); and, when timm is installed, timm's ``SEModule``, ``EffectiveSEModule``, ``EcaModule``,
@@ -12,7 +16,9 @@ RegNet); and, when timm is installed, timm's ``SEModule``, ``EffectiveSEModule``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -30,40 +36,95 @@ from condattn.nn import (
 )
 
 __all__ = [
-    "COND_TYPES",
     "Builder",
+    "as_builder",
+    "builds",
+    "cond_types",
     "get_attention_mapping",
     "register_attention",
     "swappable_types",
+    "unregister_attention",
 ]
 
 Builder = Callable[..., nn.Module]
-
-COND_TYPES: tuple[type[nn.Module], ...] = (
-    CondSqueezeExcite,
-    CondCbam,
-    CondCoordAttn,
-    CondEca,
-    CondEffectiveSE,
-    CondLinear,
-)
+_F = TypeVar("_F", bound=Callable[..., nn.Module])
+_BUILDER_ARGS = ("channels", "cond_dim", "init")
 
 
-def _as_builder(cond_type) -> Builder:
-    if isinstance(cond_type, type) and hasattr(cond_type, "from_module"):
-        return cond_type.from_module
-    if callable(cond_type):
-        return cond_type
-    raise TypeError(f"cond_type must be a class with from_module or a callable, got {cond_type!r}")
+def builds(cond_type: type[nn.Module]) -> Callable[[_F], _F]:
+    """Mark a builder function with the twin type it returns (read by :func:`cond_types`)."""
+
+    def mark(fn: _F) -> _F:
+        fn.cond_type = cond_type  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def as_builder(value: Any) -> Builder:
+    """The callable behind a table value: a class's ``from_module``, or the function itself."""
+    if isinstance(value, type) and hasattr(value, "from_module"):
+        return value.from_module
+    if callable(value) and not isinstance(value, type):
+        return value
+    raise TypeError(f"cond_type must be a class with from_module or a callable, got {value!r}")
+
+
+def _twin_type(value: Any) -> type[nn.Module] | None:
+    if isinstance(value, type):
+        return value
+    owner = getattr(value, "__self__", None)  # a bound classmethod such as Cond.from_module
+    return getattr(value, "cond_type", owner if isinstance(owner, type) else None)
+
+
+def cond_types(mapping: Mapping[type[nn.Module], Any] | None = None) -> tuple[type[nn.Module], ...]:
+    """The twin types of a swap table (default: :func:`get_attention_mapping`), plus
+    :class:`~condattn.nn.CondLinear`, the twin of an inline SE's W1 that needs no table entry.
+
+    A builder function's twin is known when it is marked with :func:`builds`.
+    """
+    table = get_attention_mapping() if mapping is None else mapping
+    found = {t for t in map(_twin_type, table.values()) if t is not None}
+    return (CondLinear, *sorted(found - {CondLinear}, key=lambda t: t.__qualname__))
+
+
+def _check_builder(value: Any) -> Builder:
+    """``as_builder`` plus a check that the builder takes ``channels``, ``cond_dim``, ``init``."""
+    builder = as_builder(value)
+    try:
+        params = inspect.signature(builder).parameters
+    except (TypeError, ValueError):  # some builtins have no signature: trust them
+        return builder
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return builder
+    missing = [a for a in _BUILDER_ARGS if a not in params]
+    if missing:
+        raise TypeError(
+            f"{getattr(builder, '__qualname__', builder)} must accept the keyword arguments "
+            f"{', '.join(_BUILDER_ARGS)} (builder(src, *, channels=C, cond_dim=n, init=...)); "
+            f"it lacks {', '.join(missing)}"
+        )
+    return builder
+
+
+def _agree(src: nn.Module, channels: int, known: int) -> int:
+    """C as traced must match the C that the source's first layer reads."""
+    if channels != known:
+        raise ValueError(
+            f"{type(src).__name__}: the traced input has {channels} channels, its layers read "
+            f"{known}"
+        )
+    return channels
 
 
 # --- torchvision ---------------------------------------------------------------------------
 
 
-def _from_torchvision_se(src: nn.Module, *, cond_dim: int, init: str = "zeros") -> nn.Module:
+@builds(CondSqueezeExcite)
+def _from_torchvision_se(src: nn.Module, *, channels: int, cond_dim: int, init: str) -> nn.Module:
     """torchvision.ops.SqueezeExcitation: pool, 1x1 convs fc1/fc2, activation, scale_activation."""
     return CondSqueezeExcite.from_parts(
-        channels=src.fc1.in_channels,
+        channels=_agree(src, channels, src.fc1.in_channels),
         cond_dim=cond_dim,
         fc1=src.fc1,
         fc2=src.fc2,
@@ -76,10 +137,11 @@ def _from_torchvision_se(src: nn.Module, *, cond_dim: int, init: str = "zeros") 
 # --- timm ----------------------------------------------------------------------------------
 
 
-def _from_timm_se(src: nn.Module, *, cond_dim: int, init: str = "zeros") -> nn.Module:
+@builds(CondSqueezeExcite)
+def _from_timm_se(src: nn.Module, *, channels: int, cond_dim: int, init: str) -> nn.Module:
     """timm SEModule: mean (+ max), fc1, bn, act, fc2, gate (all 1x1 convs)."""
     return CondSqueezeExcite.from_parts(
-        channels=src.fc1.in_channels,
+        channels=_agree(src, channels, src.fc1.in_channels),
         cond_dim=cond_dim,
         fc1=src.fc1,
         fc2=src.fc2,
@@ -91,7 +153,12 @@ def _from_timm_se(src: nn.Module, *, cond_dim: int, init: str = "zeros") -> nn.M
     )
 
 
-def _from_timm_effective_se(src: nn.Module, *, cond_dim: int, init: str = "zeros") -> nn.Module:
+@builds(CondEffectiveSE)
+def _from_timm_effective_se(
+    src: nn.Module, *, channels: int, cond_dim: int, init: str
+) -> nn.Module:
+    """timm EffectiveSEModule: mean (+ max), one C x C 1x1 conv ``fc``, gate."""
+    _agree(src, channels, src.fc.in_channels)
     return CondEffectiveSE.from_parts(
         fc=src.fc,
         gate=src.gate,
@@ -101,10 +168,13 @@ def _from_timm_effective_se(src: nn.Module, *, cond_dim: int, init: str = "zeros
     )
 
 
-def _from_timm_efficientnet_se(src: nn.Module, *, cond_dim: int, init: str = "zeros") -> nn.Module:
+@builds(CondSqueezeExcite)
+def _from_timm_efficientnet_se(
+    src: nn.Module, *, channels: int, cond_dim: int, init: str
+) -> nn.Module:
     """timm's EfficientNet-family SqueezeExcite: conv_reduce, act1, conv_expand, gate."""
     return CondSqueezeExcite.from_parts(
-        channels=src.conv_reduce.in_channels,
+        channels=_agree(src, channels, src.conv_reduce.in_channels),
         cond_dim=cond_dim,
         fc1=src.conv_reduce,
         fc2=src.conv_expand,
@@ -114,24 +184,23 @@ def _from_timm_efficientnet_se(src: nn.Module, *, cond_dim: int, init: str = "ze
     )
 
 
-def _from_timm_eca(src: nn.Module, *, cond_dim: int, init: str = "zeros") -> nn.Module:
+@builds(CondEca)
+def _from_timm_eca(src: nn.Module, *, channels: int, cond_dim: int, init: str) -> nn.Module:
+    """timm EcaModule: mean, 1-D conv across channels, gate. It does not record C: the
+    ``channels`` argument (from the traced graph) is the only source of it."""
     if getattr(src, "conv2", None) is not None:
         raise TypeError("timm EcaModule(use_mlp=True) is not supported; register your own twin")
-    # timm's EcaModule does not keep C; convert() records it from the traced shapes.
-    channels = getattr(src, "channels", None) or getattr(src, "_condattn_channels", None)
-    if channels is None:
-        raise TypeError(
-            "timm EcaModule does not record its channel count; convert() sets it from the graph"
-        )
     return CondEca.from_parts(
         channels=channels, cond_dim=cond_dim, conv=src.conv, gate=src.gate, init=init
     )
 
 
-def _from_timm_cbam(src: nn.Module, *, cond_dim: int, init: str = "zeros") -> nn.Module:
+@builds(CondCbam)
+def _from_timm_cbam(src: nn.Module, *, channels: int, cond_dim: int, init: str) -> nn.Module:
+    """timm CbamModule: channel MLP fc1/act/fc2 (1x1 convs, no bias), spatial conv and gate."""
     ch, sp = src.channel, src.spatial
     return CondCbam.from_parts(
-        channels=ch.fc1.in_channels,
+        channels=_agree(src, channels, ch.fc1.in_channels),
         cond_dim=cond_dim,
         fc1=ch.fc1,
         fc2=ch.fc2,
@@ -144,11 +213,13 @@ def _from_timm_cbam(src: nn.Module, *, cond_dim: int, init: str = "zeros") -> nn
     )
 
 
-def _from_timm_coord(src: nn.Module, *, cond_dim: int, init: str = "zeros") -> nn.Module:
+@builds(CondCoordAttn)
+def _from_timm_coord(src: nn.Module, *, channels: int, cond_dim: int, init: str) -> nn.Module:
+    """timm CoordAttn: shared conv1/bn1/act, conv_h/conv_w, gate (has_skip=False only)."""
     if getattr(src, "has_skip", False):
         raise TypeError("timm CoordAttn(has_skip=True) is not supported; register your own twin")
     return CondCoordAttn.from_parts(
-        channels=src.conv1.in_channels,
+        channels=_agree(src, channels, src.conv1.in_channels),
         cond_dim=cond_dim,
         conv1=src.conv1,
         bn1=src.bn1,
@@ -160,17 +231,17 @@ def _from_timm_coord(src: nn.Module, *, cond_dim: int, init: str = "zeros") -> n
     )
 
 
-def _default_mapping() -> dict[type[nn.Module], Builder]:
-    table: dict[type[nn.Module], Builder] = {
-        SqueezeExcite: CondSqueezeExcite.from_module,
-        Cbam: CondCbam.from_module,
-        CoordAttn: CondCoordAttn.from_module,
-        Eca: CondEca.from_module,
+def _default_mapping() -> dict[type[nn.Module], Any]:
+    table: dict[type[nn.Module], Any] = {
+        SqueezeExcite: CondSqueezeExcite,
+        Cbam: CondCbam,
+        CoordAttn: CondCoordAttn,
+        Eca: CondEca,
     }
     from torchvision.ops import SqueezeExcitation
 
     table[SqueezeExcitation] = _from_torchvision_se
-    try:  # timm is optional
+    try:  # timm is optional; its entries: source type -> a builder marked with @builds(twin)
         from timm.layers.cbam import CbamModule
         from timm.layers.coord_attn import CoordAttn as TimmCoordAttn
         from timm.layers.eca import EcaModule
@@ -191,19 +262,20 @@ def _default_mapping() -> dict[type[nn.Module], Builder]:
     return table
 
 
-_MAPPING: dict[type[nn.Module], Builder] | None = None
-_USER: dict[type[nn.Module], Builder] = {}
+_MAPPING: dict[type[nn.Module], Any] | None = None
+_USER: dict[type[nn.Module], Any] = {}
 
 
-def _table() -> dict[type[nn.Module], Builder]:
+def _table() -> dict[type[nn.Module], Any]:
     global _MAPPING
     if _MAPPING is None:  # filled lazily: no import-time work
         _MAPPING = _default_mapping()
     return _MAPPING
 
 
-def get_attention_mapping() -> dict[type[nn.Module], Builder]:
-    """A copy of the swap table (built-in entries plus registered ones)."""
+def get_attention_mapping() -> dict[type[nn.Module], Any]:
+    """A copy of the swap table (built-in entries plus registered ones): source type -> a
+    ``Cond*`` class or a builder; :func:`as_builder` gives the callable of either."""
     return {**_table(), **_USER}
 
 
@@ -216,11 +288,17 @@ def register_attention(src_type: type[nn.Module], cond_type) -> None:
 
     Args:
         src_type: the plain attention module class.
-        cond_type: its twin: a class with ``from_module(src, *, cond_dim, init)`` or any callable
-            with that signature. The twin's ``forward(x, cond)`` must return a tensor like ``x``.
+        cond_type: its twin: a class with ``from_module(src, *, channels, cond_dim, init)`` or a
+            callable with that signature (mark it with :func:`builds` so that
+            :func:`cond_types` knows what it returns). :func:`condattn.convert` calls it as
+            ``builder(src, channels=C, cond_dim=n, init=init)``: C is the channel count of the
+            attention's input as traced, n the length of T, ``init`` ``"zeros"`` or
+            ``"default"`` for the T-columns. The twin's ``forward(x, cond)`` must return a tensor
+            shaped like ``x``.
 
     Raises:
         ValueError: if ``src_type`` is already registered.
+        TypeError: if ``cond_type`` is neither, or its builder lacks one of those arguments.
     """
     if not (isinstance(src_type, type) and issubclass(src_type, nn.Module)):
         raise TypeError(f"src_type must be an nn.Module subclass, got {src_type!r}")
@@ -229,7 +307,8 @@ def register_attention(src_type: type[nn.Module], cond_type) -> None:
             f"{src_type.__name__} is already registered (-> {get_attention_mapping()[src_type]}); "
             "call unregister_attention first to replace it"
         )
-    _USER[src_type] = _as_builder(cond_type)
+    _check_builder(cond_type)
+    _USER[src_type] = cond_type
 
 
 def unregister_attention(src_type: type[nn.Module]) -> None:
@@ -240,5 +319,3 @@ def unregister_attention(src_type: type[nn.Module]) -> None:
         )
     del _USER[src_type]
 
-
-__all__ += ["unregister_attention"]

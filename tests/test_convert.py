@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 import condattn
 from condattn import CondOutput, count_params
-from condattn.mappings import COND_TYPES
+from condattn.mappings import cond_types
 from condattn.models import create_model
 from condattn.nn import AuxHead, CondSqueezeExcite
 
@@ -44,7 +44,7 @@ def x32(batch: int = 2) -> Tensor:
 
 
 def cond_modules(model: nn.Module) -> dict[str, nn.Module]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, COND_TYPES)}
+    return {name: m for name, m in model.named_modules() if isinstance(m, cond_types())}
 
 
 # --- equivalence with the hand-written reference ----------------------------------------------
@@ -490,7 +490,9 @@ class CondGate(nn.Module):
         return x * self._scale(x, cond)
 
     @classmethod
-    def from_module(cls, src: Gate, *, cond_dim: int, init: str = "zeros") -> CondGate:
+    def from_module(
+        cls, src: Gate, *, channels: int, cond_dim: int, init: str = "zeros"
+    ) -> CondGate:
         out = cls(src.w.numel(), cond_dim=cond_dim)
         out.load_state_dict(src.state_dict(), strict=False)
         if init == "zeros":

@@ -335,3 +335,38 @@ def test_load_into_another_architecture(tmp_path, model) -> None:
     other = create_model("se_resnet18", num_classes=N, widths=(8, 8, 16, 32))
     with pytest.raises(RuntimeError, match="size mismatch"):
         condattn.load(path, other)
+
+
+def test_register_attention_refuses_a_builder_without_channels() -> None:
+    class MyAttn(nn.Module):
+        pass
+
+    def old_builder(src, *, cond_dim, init="zeros"):
+        return CondSqueezeExcite(8, cond_dim=cond_dim)
+
+    with pytest.raises(TypeError, match=r"must accept the keyword arguments.*it lacks channels"):
+        condattn.register_attention(MyAttn, old_builder)
+    assert MyAttn not in condattn.get_attention_mapping()
+
+
+def test_convert_takes_a_custom_mapping(model) -> None:
+    """``mapping=`` replaces the table: with an empty one nothing is swappable."""
+    with pytest.raises(ConversionError, match="no attention module after it"):
+        condattn.convert(model, ["layer2"], mapping={})
+    with pytest.raises(TypeError, match=r"mapping keys must be nn\.Module subclasses"):
+        condattn.convert(model, ["layer2"], mapping={"se": CondSqueezeExcite})
+    with pytest.raises(TypeError, match="cond_type must be a class with from_module"):
+        condattn.convert(model, ["layer2"], mapping={SqueezeExcite: 3})
+
+
+def test_cond_types_are_read_from_the_table() -> None:
+    from condattn.mappings import builds, cond_types
+    from condattn.nn import CondCbam, CondLinear
+
+    @builds(CondCbam)
+    def build(src, *, channels, cond_dim, init):
+        raise AssertionError("not called")
+
+    assert cond_types({SqueezeExcite: CondSqueezeExcite}) == (CondLinear, CondSqueezeExcite)
+    assert set(cond_types({SqueezeExcite: build})) == {CondLinear, CondCbam}
+    assert CondSqueezeExcite in cond_types()

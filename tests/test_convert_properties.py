@@ -40,7 +40,7 @@ from strategies_backbones import (
 
 import condattn
 from condattn import CondOutput, count_params
-from condattn.mappings import COND_TYPES
+from condattn.mappings import cond_types
 
 
 def _convert(cfg: BackboneConfig, model: torch.nn.Module, **kw) -> torch.fx.GraphModule:
@@ -67,7 +67,7 @@ def test_eval_shapes_function_routing_params_and_batch_permutation(cfg: Backbone
         cfg, "parameter delta"
     )
     fed = {a for atts in expected_fed(cfg).values() for a in atts}
-    swapped = {name for name, m in conv.named_modules() if isinstance(m, COND_TYPES)}
+    swapped = {name for name, m in conv.named_modules() if isinstance(m, cond_types())}
     assert swapped == fed, _what(cfg, "swapped modules")
 
     # types and shapes, function preservation
@@ -112,7 +112,7 @@ def test_se_a_adds_the_heads_only_and_keeps_the_function(cfg: BackboneConfig) ->
     assert count_params(conv) - count_params(model) == expected_param_delta(
         cfg, conditioned=False
     ), _what(cfg, "SE-A parameter delta")
-    assert not any(isinstance(m, COND_TYPES) for m in conv.modules()), _what(cfg, "SE-A swapped")
+    assert not any(isinstance(m, cond_types()) for m in conv.modules()), _what(cfg, "SE-A swapped")
     x = torch.randn(cfg.x_shape)
     with torch.no_grad():
         assert_close(conv(x).logits, model(x), atol=1e-5, what=_what(cfg, "SE-A logits"))

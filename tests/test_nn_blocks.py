@@ -515,3 +515,12 @@ def test_zero_init_cond_effective_se_equals_its_source_for_any_t(
     with torch.no_grad():
         assert_close(twin(x, t), expected.detach(), what=what)
         assert_in_range(twin._scale(x, t * 1e3), 0.0, 1.0, what=f"{what}: _scale")
+
+
+@kinds
+def test_from_module_checks_channels_against_the_source(kind: str) -> None:
+    plain = make_block(kind, 16, 2)
+    twin = COND_BLOCKS[kind].from_module(plain, channels=16, cond_dim=3)
+    assert twin.channels == 16
+    with pytest.raises(ValueError, match="channels=12, but the source has 16 channels"):
+        COND_BLOCKS[kind].from_module(plain, channels=12, cond_dim=3)

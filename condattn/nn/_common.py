@@ -86,6 +86,25 @@ def load_layer(dst: nn.Module, src: nn.Module, *, cond_dim: int = 0, init: str =
         dst.bias.copy_(src.bias)
 
 
+def source_channels(cls: type, channels: int | None, *, known: int | None) -> int:
+    """C for ``cls.from_module``: the ``channels=`` given (by :func:`condattn.convert`, from the
+    traced input of the attention) checked against what the source records, or the latter.
+
+    Raises:
+        ValueError: if neither is known, or they disagree.
+    """
+    if channels is None:
+        if known is None:
+            raise ValueError(f"{cls.__name__}.from_module: pass channels= (the source lacks C)")
+        return known
+    check_positive_int("channels", channels)
+    if known is not None and channels != known:
+        raise ValueError(
+            f"{cls.__name__}.from_module: channels={channels}, but the source has {known} channels"
+        )
+    return channels
+
+
 def cond_dim_of(cond_dim: int) -> int:
     return check_positive_int("cond_dim", cond_dim)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import torch
+from einops import reduce
 from torch import Tensor, nn
 
 from condattn.nn._common import (
@@ -14,6 +15,7 @@ from condattn.nn._common import (
     cond_dim_of,
     load_layer,
     reduced_channels,
+    source_channels,
 )
 
 __all__ = ["Cbam", "CondCbam"]
@@ -21,7 +23,12 @@ __all__ = ["Cbam", "CondCbam"]
 
 def _spatial_descriptor(x: Tensor) -> Tensor:
     """``[mean_c(x); max_c(x)]``, shaped ``(B, 2, H, W)`` (the timm order)."""
-    return torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], dim=1)
+    return torch.cat([reduce(x, "b c h w -> b 1 h w", op) for op in ("mean", "max")], dim=1)
+
+
+def _channel_descriptors(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``avg(U)`` and ``max(U)`` over the spatial axes, each ``(B, C)``."""
+    return reduce(x, "b c h w -> b c", "mean"), reduce(x, "b c h w -> b c", "max")
 
 
 class Cbam(nn.Module):
@@ -72,7 +79,8 @@ class Cbam(nn.Module):
 
     def _scale(self, x: Tensor) -> Tensor:
         """The combined gate ``c * p``, broadcastable to ``x``: ``(B, C, H, W)``."""
-        c = self.channel_gate(self._mlp(x.mean((2, 3))) + self._mlp(x.amax((2, 3))))
+        avg, mx = _channel_descriptors(x)
+        c = self.channel_gate(self._mlp(avg) + self._mlp(mx))
         c = c[:, :, None, None]  # (B, C, 1, 1)
         return c * self._spatial(x * c)  # (B, C, H, W)
 
@@ -126,7 +134,7 @@ class CondCbam(nn.Module):
         t = as_cond(cond, x, self.cond_dim)
         b = x.shape[0]
         # Both descriptors go through the shared MLP in one batched call: (2B, n + C).
-        z = torch.cat([x.mean((2, 3)), x.amax((2, 3))], dim=0)
+        z = torch.cat(_channel_descriptors(x), dim=0)
         h = self.fc2(self.act(self.fc1(torch.cat([t.repeat(2, 1), z], dim=1))))
         c = self.channel_gate(h[:b] + h[b:])[:, :, None, None]  # (B, C, 1, 1)
         xc = x * c
@@ -137,11 +145,16 @@ class CondCbam(nn.Module):
         return x * self._scale(x, cond)
 
     @classmethod
-    def from_module(cls, src: Cbam, *, cond_dim: int, init: str = "zeros") -> CondCbam:
-        """Build the twin of a :class:`Cbam`, copying its weights (zero T-columns by default)."""
+    def from_module(
+        cls, src: Cbam, *, cond_dim: int, channels: int | None = None, init: str = "zeros"
+    ) -> CondCbam:
+        """Build the twin of a :class:`Cbam`, copying its weights (zero T-columns by default).
+
+        ``channels`` (C), when given, is checked against ``src.channels``.
+        """
         check_source(cls, src, Cbam)
         return cls.from_parts(
-            channels=src.channels,
+            channels=source_channels(cls, channels, known=src.channels),
             cond_dim=cond_dim,
             fc1=src.fc1,
             fc2=src.fc2,

@@ -6,6 +6,7 @@ import copy
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange, reduce
 from torch import Tensor, nn
 
 from condattn.nn._common import (
@@ -14,6 +15,7 @@ from condattn.nn._common import (
     check_source,
     cond_dim_of,
     load_layer,
+    source_channels,
 )
 
 __all__ = ["CondCoordAttn", "CoordAttn"]
@@ -30,10 +32,17 @@ def _coord_hidden(channels: int, r: int, rd_channels: int | None, min_channels: 
 
 
 def _pool_hw(x: Tensor) -> Tensor:
-    """``[mean_W(x); mean_H(x)^T]`` along a single spatial axis: ``(B, C, H + W, 1)``."""
-    x_h = x.mean(3, keepdim=True)  # (B, C, H, 1)
-    x_w = x.mean(2, keepdim=True).transpose(2, 3)  # (B, C, W, 1)
+    """``[mean_W(x); mean_H(x)]`` stacked along one spatial axis: ``(B, C, H + W, 1)``."""
+    x_h = reduce(x, "b c h w -> b c h 1", "mean")  # pool along W: one value per row
+    x_w = reduce(x, "b c h w -> b c w 1", "mean")  # pool along H: one value per column
     return torch.cat([x_h, x_w], dim=2)
+
+
+def _split_hw(y: Tensor, h: int, w: int) -> tuple[Tensor, Tensor]:
+    """Undo :func:`_pool_hw`'s stacking: ``(B, mip, H + W, 1)`` -> ``(B, mip, H, 1)``,
+    ``(B, mip, 1, W)``."""
+    y_h, y_w = torch.split(y, [h, w], dim=2)
+    return y_h, rearrange(y_w, "b c w 1 -> b c 1 w")
 
 
 class CoordAttn(nn.Module):
@@ -72,9 +81,9 @@ class CoordAttn(nn.Module):
         self.gate = gate_layer()
 
     def _gates(self, y: Tensor, h: int, w: int) -> Tensor:
-        y_h, y_w = torch.split(self.act(self.bn1(y)), [h, w], dim=2)
+        y_h, y_w = _split_hw(self.act(self.bn1(y)), h, w)  # (B, mip, H, 1), (B, mip, 1, W)
         a_h = self.gate(self.conv_h(y_h))  # (B, C, H, 1)
-        a_w = self.gate(self.conv_w(y_w.transpose(2, 3)))  # (B, C, 1, W)
+        a_w = self.gate(self.conv_w(y_w))  # (B, C, 1, W)
         return a_h * a_w  # (B, C, H, W)
 
     def _scale(self, x: Tensor) -> Tensor:
@@ -98,7 +107,9 @@ class CondCoordAttn(nn.Module):
         cond_dim: n.
         r, rd_channels, min_channels, act_layer, gate_layer: as :class:`CoordAttn`.
         bias: whether the convs have a bias (the original yes, timm no).
-        norm: the norm after W1 (default BatchNorm2d).
+
+    The norm after W1 is a ``BatchNorm2d(mip)``; :meth:`from_parts` replaces it by the source's
+    (any module mapping ``(B, mip, H + W, 1)`` to itself).
     """
 
     def __init__(
@@ -138,11 +149,16 @@ class CondCoordAttn(nn.Module):
         return x * self._scale(x, cond)
 
     @classmethod
-    def from_module(cls, src: CoordAttn, *, cond_dim: int, init: str = "zeros") -> CondCoordAttn:
-        """Build the twin of a :class:`CoordAttn` (zero T-columns by default)."""
+    def from_module(
+        cls, src: CoordAttn, *, cond_dim: int, channels: int | None = None, init: str = "zeros"
+    ) -> CondCoordAttn:
+        """Build the twin of a :class:`CoordAttn` (zero T-columns by default).
+
+        ``channels`` (C), when given, is checked against ``src.channels``.
+        """
         check_source(cls, src, CoordAttn)
         return cls.from_parts(
-            channels=src.channels,
+            channels=source_channels(cls, channels, known=src.channels),
             cond_dim=cond_dim,
             conv1=src.conv1,
             bn1=src.bn1,

@@ -8,7 +8,14 @@ import math
 import torch
 from torch import Tensor, nn
 
-from condattn.nn._common import as_cond, check_init, check_positive_int, check_source, cond_dim_of
+from condattn.nn._common import (
+    as_cond,
+    check_init,
+    check_positive_int,
+    check_source,
+    cond_dim_of,
+    source_channels,
+)
 
 __all__ = ["CondEca", "Eca", "eca_kernel_size"]
 
@@ -109,11 +116,20 @@ class CondEca(nn.Module):
         return x * self._scale(x, cond)
 
     @classmethod
-    def from_module(cls, src: Eca, *, cond_dim: int, init: str = "zeros") -> CondEca:
-        """Build the twin of an :class:`Eca` (``W_T = 0`` by default)."""
+    def from_module(
+        cls, src: Eca, *, cond_dim: int, channels: int | None = None, init: str = "zeros"
+    ) -> CondEca:
+        """Build the twin of an :class:`Eca` (``W_T = 0`` by default).
+
+        ``channels`` (C), when given, is checked against ``src.channels``.
+        """
         check_source(cls, src, Eca)
         return cls.from_parts(
-            channels=src.channels, cond_dim=cond_dim, conv=src.conv, gate=src.gate, init=init
+            channels=source_channels(cls, channels, known=src.channels),
+            cond_dim=cond_dim,
+            conv=src.conv,
+            gate=src.gate,
+            init=init,
         )
 
     @classmethod

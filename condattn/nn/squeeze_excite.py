@@ -13,6 +13,7 @@ from condattn.nn._common import (
     cond_dim_of,
     load_layer,
     reduced_channels,
+    source_channels,
 )
 
 __all__ = ["CondEffectiveSE", "CondLinear", "CondSqueezeExcite", "SqueezeExcite"]
@@ -125,18 +126,24 @@ class CondSqueezeExcite(nn.Module):
 
     @classmethod
     def from_module(
-        cls, src: SqueezeExcite, *, cond_dim: int, init: str = "zeros"
+        cls,
+        src: SqueezeExcite,
+        *,
+        cond_dim: int,
+        channels: int | None = None,
+        init: str = "zeros",
     ) -> CondSqueezeExcite:
         """Build the twin of a :class:`SqueezeExcite`, copying its weights.
 
         Args:
             src: the plain block.
             cond_dim: n, the length of T.
+            channels: C, checked against ``src.channels`` (default: ``src.channels``).
             init: ``"zeros"`` (the twin equals ``src`` for any T) or ``"default"``.
         """
         check_source(cls, src, SqueezeExcite)
         return cls.from_parts(
-            channels=src.channels,
+            channels=source_channels(cls, channels, known=src.channels),
             cond_dim=cond_dim,
             fc1=src.fc1,
             fc2=src.fc2,
@@ -225,8 +232,13 @@ class CondLinear(nn.Module):
         return torch.nn.functional.linear(z, w[:, self.cond_dim :], self.bias) + cond_term
 
     @classmethod
-    def from_module(cls, src: nn.Module, *, cond_dim: int, init: str = "zeros") -> CondLinear:
-        """Widen a ``Linear`` or 1x1 ``Conv2d`` (groups=1) with ``n`` T-columns."""
+    def from_module(
+        cls, src: nn.Module, *, cond_dim: int, channels: int | None = None, init: str = "zeros"
+    ) -> CondLinear:
+        """Widen a ``Linear`` or 1x1 ``Conv2d`` (groups=1) with ``n`` T-columns.
+
+        ``channels`` (C, the input features of W1), when given, is checked against ``src``.
+        """
         check_source(cls, src, (nn.Linear, nn.Conv2d))
         if isinstance(src, nn.Conv2d):
             if src.kernel_size != (1, 1) or src.groups != 1 or src.stride != (1, 1):
@@ -234,6 +246,7 @@ class CondLinear(nn.Module):
             cin, cout = src.in_channels, src.out_channels
         else:
             cin, cout = src.in_features, src.out_features
+        source_channels(cls, channels, known=cin)
         out = cls(
             cin, cout, cond_dim=cond_dim, bias=src.bias is not None, conv=isinstance(src, nn.Conv2d)
         )
