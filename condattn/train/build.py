@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from condattn._io import derive_seed
-from condattn.convert import convert
+from condattn.convert import convert, get_config, list_attention
 from condattn.data import (
     BatchAugment,
     CifarData,
@@ -18,9 +18,10 @@ from condattn.data import (
     synthetic_cifar100,
 )
 from condattn.losses import DeepSupervisionLoss
-from condattn.models import create_model
+from condattn.mappings import swappable_types
+from condattn.models import create_model, is_external
 from condattn.outputs import CondOutput
-from condattn.train.config import TrainConfig
+from condattn.train.config import ConfigError, TrainConfig
 
 __all__ = [
     "as_output",
@@ -105,25 +106,38 @@ def build_augment(cfg: TrainConfig, *, train: bool) -> BatchAugment:
 def build_model(cfg: TrainConfig, *, num_classes: int) -> nn.Module:
     """Creates ``model.arch`` and converts it for the variant.
 
-    - ``se``: the plain model (its tensor output is wrapped by :func:`as_output`);
+    ``model.arch`` is a condattn zoo name (built with ``model.r`` and ``model.widths``),
+    ``timm:NAME`` or ``torchvision:NAME`` (random weights); ``model.kwargs`` go to its
+    constructor either way.
+
+    - ``se``: the plain model (its tensor output is wrapped by :func:`as_output`); for a model
+      without attention this is the baseline;
     - ``se_a``: :func:`~condattn.convert.convert` with ``conditioned=False``: heads and loss,
       attention untouched;
     - ``se_r``: the same with ``conditioned=True``; with ``model.aux_model`` the section 5.6
       variant, where that network supplies T.
 
     Seed torch before calling it for a reproducible init.
+
+    Raises:
+        ConfigError: ``se_r`` on a model without attention that condattn can condition, or
+            ``aux_at = "auto"`` placing another number of heads than the config expects.
     """
     m = cfg.model
-    kwargs: dict[str, object] = {"num_classes": num_classes, "r": m.r}
-    if m.widths:
-        kwargs["widths"] = tuple(m.widths)
+    kwargs: dict[str, object] = {**m.kwargs, "num_classes": num_classes}
+    if not is_external(m.arch):  # r and widths configure condattn's zoo only
+        kwargs["r"] = m.r
+        if m.widths:
+            kwargs["widths"] = tuple(m.widths)
     net = create_model(m.arch, **kwargs)
     if m.variant == "se":
         return net
+    if m.variant == "se_r":
+        _require_attention(net, m.arch)
     aux_model = create_model(m.aux_model, num_classes=num_classes) if m.aux_model else None
-    return convert(
+    converted = convert(
         net,
-        aux_at=list(m.aux_at),
+        aux_at="auto" if m.auto_aux_at else list(m.aux_at),
         num_classes=num_classes,
         conditioned=m.variant == "se_r",
         cond=m.cond,
@@ -131,6 +145,26 @@ def build_model(cfg: TrainConfig, *, num_classes: int) -> nn.Module:
         aux_dropout=m.aux_dropout,
         init=m.cond_init,
         aux_model=aux_model,
+    )
+    placed = get_config(converted).aux_at
+    if m.auto_aux_at and len(placed) + (aux_model is not None) != cfg.num_heads:
+        raise ConfigError(
+            f"model.aux_at='auto' placed {len(placed)} head(s) on {m.arch} ({list(placed)}), "
+            f"but the config expects {cfg.num_heads} aux output(s); list model.aux_at instead"
+        )
+    return converted
+
+
+def _require_attention(net: nn.Module, arch: str) -> None:
+    """SE-R conditions attention blocks (Eq. 4); a model with none has nothing to condition."""
+    if list_attention(net):
+        return
+    kinds = sorted({f"{t.__module__.split('.')[0]}.{t.__name__}" for t in swappable_types()})
+    raise ConfigError(
+        f"model.variant='se_r': {arch} has no attention block that condattn can condition, so "
+        f"there is nothing to condition (supported: {', '.join(kinds)}, inline SE, and types "
+        "added with condattn.register_attention); use variant 'se_a' for the aux heads alone, "
+        "or 'se' for the plain model"
     )
 
 

@@ -37,6 +37,17 @@ VARIANTS = ("se", "se_a", "se_r")  # plain SE-ResNet, aux heads only (SE-A), con
 COND_INITS = ("default", "zeros")
 CONDS = ("logits", "probs")
 DEVICES = ("auto", "cpu", "cuda")
+# model.aux_at = "auto" (read as a one-entry list); convert places this many heads.
+AUX_AT_AUTO = ("auto",)
+AUTO_HEADS = 2
+# model.kwargs keys that the run sets itself (RESERVED_KWARGS[key] says how).
+RESERVED_KWARGS = {
+    "num_classes": "it comes from the data",
+    "r": "it is model.r (condattn's zoo only)",
+    "widths": "it is model.widths (condattn's zoo only)",
+    "pretrained": "runs start from random weights",
+    "weights": "runs start from random weights",
+}
 # The paper's best lossW per depth (section 4, Table 3); used when loss.aux_weights is unset.
 PAPER_LOSS_W: dict[int, tuple[float, float]] = {34: (0.4, 0.4), 50: (0.3, 0.3), 101: (0.3, 0.2)}
 
@@ -47,17 +58,21 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    # The paper's Table 3/4 network is SE-ResNet50 at r=8.
+    # The paper's Table 3/4 network is SE-ResNet50 at r=8. Also "timm:NAME" or
+    # "torchvision:NAME": built with random weights and the data's number of classes.
     arch: str = "se_resnet50"
     # "se": plain SE-ResNet; "se_a": aux heads + loss only; "se_r": heads also feed attention.
     variant: str = "se_r"
-    # Paper Fig. 2: heads after the second and third stages.
+    # Paper Fig. 2: heads after the second and third stages. Module names (see
+    # condattn.list_stages), or "auto" (two heads, placed by condattn.convert).
     aux_at: tuple[str, ...] = ("layer2", "layer3")
     # Paper section 4: GoogLeNet's aux dropout of 0.7 (Table 5 sweeps it).
     aux_dropout: float = 0.7
-    # SE reduction ratio r; the paper uses 8 throughout except Table 10.
+    # SE reduction ratio r; the paper uses 8 throughout except Table 10. condattn's zoo only:
+    # a timm:/torchvision: arch keeps its own attention and refuses any other r.
     r: int = 8
     # Stage widths; empty = the paper's (64, 128, 256, 512). Tiny ones make fast smoke runs.
+    # condattn's zoo only; must stay empty for a timm:/torchvision: arch.
     widths: tuple[int, ...] = ()
     # T-column init: "default" (PyTorch init) for training from scratch as in the paper;
     # "zeros" keeps a converted pretrained model's function unchanged (fine-tuning).
@@ -68,6 +83,14 @@ class ModelConfig:
     detach_cond: bool = False
     # Section 5.6: a separate model (e.g. "googlenet_cifar") supplies T instead of aux heads.
     aux_model: str = ""
+    # [model.kwargs]: further constructor options of arch (e.g. timm's drop_rate); empty = the
+    # model's own defaults. num_classes comes from the data, r/widths have their own keys.
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def auto_aux_at(self) -> bool:
+        """``aux_at = "auto"``: condattn.convert places the heads."""
+        return self.aux_at == AUX_AT_AUTO
 
 
 @dataclass(frozen=True)
@@ -175,7 +198,8 @@ class TrainConfig:
         """Number of aux outputs the model returns."""
         if self.model.variant == "se":
             return 0
-        return len(self.model.aux_at) + (1 if self.model.aux_model else 0)
+        heads = AUTO_HEADS if self.model.auto_aux_at else len(self.model.aux_at)
+        return heads + (1 if self.model.aux_model else 0)
 
 
 SECTIONS: dict[str, type] = {
@@ -196,16 +220,32 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
 }
 
 
+def _check_model_names(m: ModelConfig) -> None:
+    """arch/aux_model name models that create_model builds; zoo-only keys stay at defaults."""
+    from condattn.models import check_model_name  # deferred: keep config importable on its own
+
+    sources = {}
+    for key in ("arch", "aux_model") if m.aux_model else ("arch",):
+        try:
+            sources[key] = check_model_name(getattr(m, key))
+        except (ValueError, ImportError) as err:
+            raise ConfigError(f"model.{key}: {err}") from None
+    if sources["arch"] != "condattn" and (m.widths or m.r != ModelConfig.r):
+        raise ConfigError(
+            f"model.widths and model.r configure condattn's CIFAR zoo only; for {m.arch} leave "
+            "them unset and give the model's own options in [model.kwargs]"
+        )
+    if "auto" in m.aux_at and not m.auto_aux_at:
+        raise ConfigError(f'model.aux_at is "auto" or a list of module names, got {m.aux_at}')
+    for key in m.kwargs:
+        if key in RESERVED_KWARGS:
+            raise ConfigError(f"model.kwargs.{key} cannot be set: {RESERVED_KWARGS[key]}")
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Cross-field checks and defaults; returns the resolved config (explicit lossW etc.)."""
-    from condattn.models import list_models  # deferred: keep config importable on its own
-
     m, o = cfg.model, cfg.optim
-    models = list_models()
-    if m.arch not in models:
-        raise ConfigError(f"model.arch={m.arch!r} is not a registered model; valid: {models}")
-    if m.aux_model and m.aux_model not in models:
-        raise ConfigError(f"model.aux_model={m.aux_model!r} is unknown; valid: {models}")
+    _check_model_names(m)
     if m.widths and len(m.widths) != 4:
         raise ConfigError(f"model.widths needs 4 entries (one per stage), got {m.widths}")
     if not 0.0 <= m.aux_dropout < 1.0:

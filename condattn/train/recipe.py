@@ -58,6 +58,15 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where} must be a list, got {value!r}")
         return tuple(_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:  # a free-form table such as [model.kwargs]: TOML scalars, lists, tables
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where} must be a table, e.g. {{drop_rate = 0.1}}, got {value!r}")
+        try:
+            return json.loads(json.dumps(dict(value)))
+        except TypeError:
+            raise ConfigError(
+                f"{where} may hold numbers, strings, booleans, lists and tables; got {value!r}"
+            ) from None
     if origin in (typing.Union, types.UnionType):
         raise ConfigError(f"unsupported type {tp} for {where}")  # pragma: no cover
     if tp is bool:
@@ -168,7 +177,8 @@ def apply_overrides(d: dict[str, Any], overrides: Sequence[str]) -> dict[str, An
     """Applies ``key=value`` overrides to a nested recipe dict (returns a new dict).
 
     ``key`` is ``section.field`` or ``name``, or a bare field name that is unique across
-    sections (``epochs=2`` means ``optim.epochs=2``).
+    sections (``epochs=2`` means ``optim.epochs=2``). ``model.kwargs.drop_rate=0.1`` sets one
+    entry of a table field.
     """
     out = _merge(d, {})
     fields = {s: [f.name for f in dataclasses.fields(c)] for s, c in SECTIONS.items()}
@@ -179,8 +189,10 @@ def apply_overrides(d: dict[str, Any], overrides: Sequence[str]) -> dict[str, An
         if key == "name":
             out["name"] = text
             continue
+        entry = ""
         if "." in key:
             section, name = key.split(".", 1)
+            name, _, entry = name.partition(".")  # model.kwargs.drop_rate: one table entry
         else:
             owners = [s for s, names in fields.items() if key in names]
             if len(owners) != 1:
@@ -195,7 +207,12 @@ def apply_overrides(d: dict[str, Any], overrides: Sequence[str]) -> dict[str, An
                 f"unknown key {key!r}; valid keys in [{section}]: {', '.join(fields[section])}"
             )
         out.setdefault(section, {})
-        out[section] = {**out[section], name: _parse_value(text)}
+        value = _parse_value(text)
+        if entry:
+            if typing.get_origin(typing.get_type_hints(SECTIONS[section])[name]) is not dict:
+                raise ConfigError(f"{section}.{name} is not a table; write {section}.{name}=VALUE")
+            value = {**dict(out[section].get(name) or {}), entry: value}
+        out[section] = {**out[section], name: value}
     return out
 
 
@@ -226,6 +243,8 @@ def _toml_value(v: Any) -> str:
         return json.dumps(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, Mapping):  # an inline table, e.g. model.kwargs
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
     raise TypeError(f"cannot write {v!r} as TOML")  # pragma: no cover
 
 
