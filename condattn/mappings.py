@@ -11,7 +11,8 @@ where C is the channel count of the attention's input tensor as traced, and retu
 
 Covered: condattn's own blocks; ``torchvision.ops.SqueezeExcitation`` (EfficientNet, MobileNetV3,
 RegNet); and, when timm is installed, timm's ``SEModule``, ``EffectiveSEModule``, ``EcaModule``,
-``CbamModule``, ``CoordAttn`` and the EfficientNet-family ``SqueezeExcite``.
+``CbamModule``, ``CoordAttn``, the EfficientNet-family ``SqueezeExcite``, ``CecaModule``,
+``GatherExcite``, ``GlobalContext``, ``LightCbamModule``, ``SelectiveKernel`` and ``SplitAttn``.
 """
 
 from __future__ import annotations
@@ -242,13 +243,26 @@ def _default_mapping() -> dict[type[nn.Module], Any]:
 
     table[SqueezeExcitation] = _from_torchvision_se
     try:  # timm is optional; its entries: source type -> a builder marked with @builds(twin)
-        from timm.layers.cbam import CbamModule
+        from timm.layers.cbam import CbamModule, LightCbamModule
         from timm.layers.coord_attn import CoordAttn as TimmCoordAttn
-        from timm.layers.eca import EcaModule
+        from timm.layers.eca import CecaModule, EcaModule
+        from timm.layers.gather_excite import GatherExcite
+        from timm.layers.global_context import GlobalContext
+        from timm.layers.selective_kernel import SelectiveKernel
+        from timm.layers.split_attn import SplitAttn
         from timm.layers.squeeze_excite import EffectiveSEModule, SEModule
         from timm.models._efficientnet_blocks import SqueezeExcite as TimmEffNetSE
     except ImportError:
         return table
+    from condattn.nn import (
+        CondCeca,
+        CondGatherExcite,
+        CondGlobalContext,
+        CondLightCbam,
+        CondSelectiveKernel,
+        CondSplitAttn,
+    )
+
     table.update(
         {
             SEModule: _from_timm_se,
@@ -257,6 +271,15 @@ def _default_mapping() -> dict[type[nn.Module], Any]:
             CbamModule: _from_timm_cbam,
             TimmCoordAttn: _from_timm_coord,
             TimmEffNetSE: _from_timm_efficientnet_se,
+            # These twins check their timm source themselves (Cond*.from_module).
+            CecaModule: CondCeca,
+            GatherExcite: CondGatherExcite,
+            GlobalContext: CondGlobalContext,
+            LightCbamModule: CondLightCbam,
+            # Conv blocks that contain their attention: the twin replaces the whole block and
+            # returns what it returns (out_channels, stride), not a tensor like its input.
+            SelectiveKernel: CondSelectiveKernel,
+            SplitAttn: CondSplitAttn,
         }
     )
     return table
