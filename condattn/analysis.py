@@ -9,8 +9,9 @@ Every attention block computes its gate in ``_scale(x[, cond])``. :func:`record_
 it by giving each attention module an *instance* attribute ``_scale`` that wraps the class's
 method, and deletes those attributes afterwards (in a ``finally``), so the model is left exactly
 as it was. This works for plain models and for ``condattn.convert`` outputs alike (fx calls the
-modules by name). Blocks whose ``forward`` does not call ``_scale`` (the fused SE of
-:mod:`condattn.nn.fused`) are not seen.
+modules by name). Blocks whose ``forward`` does not call ``_scale`` are not seen.
+
+The command ``condattn analyze`` (:mod:`condattn._cli_analyze`) runs this on checkpoints.
 
 >>> stats = attention_stats(model, images, stage="layer3")
 >>> stats["blocks"]["layer3.0.attn"]["mean_std"]
@@ -19,9 +20,7 @@ modules by name). Blocks whose ``forward`` does not call ``_scale`` (the fused S
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -31,14 +30,11 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "add_analyze_arguments",
-    "add_analyze_command",
     "attention_modules",
     "attention_stats",
     "channel_std",
     "plot_attention_std",
     "record_gates",
-    "run_analyze",
 ]
 
 
@@ -142,67 +138,75 @@ def attention_stats(
             f"images must be a non-empty (N, C, H, W) batch, got {tuple(images.shape)}"
         )
     mods = attention_modules(model, stage=stage)
-    p = next(iter(model.parameters()), None)
-    device = p.device if p is not None else images.device
     was_training = model.training
     model.eval()
-    stds: dict[str, list[Tensor]] = {}
-    agg: dict[str, dict[str, Any]] = {}
     try:
-        with record_gates(model, stage=stage) as rec:
-            for start in range(0, images.shape[0], batch_size):
-                for v in rec.values():
-                    v.clear()
-                model(images[start : start + batch_size].to(device))
-                for name, calls in rec.items():
-                    for s in calls:
-                        stds.setdefault(name, []).append(channel_std(s).cpu())
-                        a = agg.setdefault(
-                            name,
-                            {
-                                "sum": 0.0,
-                                "n": 0,
-                                "min": math.inf,
-                                "max": -math.inf,
-                                "shape": list(s.shape[1:]),
-                            },
-                        )
-                        sf = s.float()
-                        a["sum"] += float(sf.sum())
-                        a["n"] += sf.numel()
-                        a["min"] = min(a["min"], float(sf.min()))
-                        a["max"] = max(a["max"], float(sf.max()))
+        blocks = _run_and_summarise(model, images, stage=stage, batch_size=batch_size)
     finally:
         model.train(was_training)
-    if not stds:
+    if not blocks:
         where = f" under {stage!r}" if stage else ""
         raise ValueError(
             f"no attention block{where} ran its _scale (found {len(mods)} attention modules"
             f"{where}: {list(mods)[:10]}). Check stage= against model.named_modules()."
         )
-    blocks = {}
-    for name in stds:  # dict order = first call order = network order
-        per_image = torch.cat(stds[name])
-        a = agg[name]
-        blocks[name] = {
-            "kind": type(mods[name]).__name__,
-            "stage": _stage_of(name),
-            "channels": a["shape"][0],
-            "gate_shape": a["shape"],
-            "std_per_image": per_image.tolist(),
-            "mean_std": float(per_image.mean()),
-            "median_std": float(per_image.median()),
-            "std_of_std": float(per_image.std(correction=0)),
-            "s_mean": a["sum"] / a["n"],
-            "s_min": a["min"],
-            "s_max": a["max"],
-        }
+    for name, block in blocks.items():
+        block["kind"] = type(mods[name]).__name__
     return {
         "n_images": int(images.shape[0]),
         "stage": stage,
         "order": list(blocks),
         "blocks": blocks,
     }
+
+
+class _GateSummary:
+    """Running statistics of one block's gate s over the batches: per-image std, mean, range."""
+
+    def __init__(self, shape: list[int]) -> None:
+        self.shape = shape  # the gate of one image, e.g. [C, 1, 1]
+        self.stds: list[Tensor] = []
+        self.total, self.count, self.lo, self.hi = 0.0, 0, math.inf, -math.inf
+
+    def add(self, s: Tensor) -> None:
+        self.stds.append(channel_std(s).cpu())
+        sf = s.float()
+        self.total += float(sf.sum())
+        self.count += sf.numel()
+        self.lo, self.hi = min(self.lo, float(sf.min())), max(self.hi, float(sf.max()))
+
+    def as_dict(self, name: str) -> dict[str, Any]:
+        per_image = torch.cat(self.stds)
+        return {
+            "stage": _stage_of(name),
+            "channels": self.shape[0],
+            "gate_shape": self.shape,
+            "std_per_image": per_image.tolist(),
+            "mean_std": float(per_image.mean()),
+            "median_std": float(per_image.median()),
+            "std_of_std": float(per_image.std(correction=0)),
+            "s_mean": self.total / self.count,
+            "s_min": self.lo,
+            "s_max": self.hi,
+        }
+
+
+def _run_and_summarise(
+    model: nn.Module, images: Tensor, *, stage: str | None, batch_size: int
+) -> dict[str, dict[str, Any]]:
+    """Runs ``images`` through ``model`` in batches; each block's summary, in network order."""
+    p = next(iter(model.parameters()), None)
+    device = p.device if p is not None else images.device
+    summaries: dict[str, _GateSummary] = {}  # insertion order = first call = network order
+    with record_gates(model, stage=stage) as rec:
+        for start in range(0, images.shape[0], batch_size):
+            for v in rec.values():
+                v.clear()
+            model(images[start : start + batch_size].to(device))
+            for name, calls in rec.items():
+                for s in calls:
+                    summaries.setdefault(name, _GateSummary(list(s.shape[1:]))).add(s)
+    return {name: g.as_dict(name) for name, g in summaries.items()}
 
 
 def _stage_blocks(stats: Mapping[str, Any], stage: str | None) -> dict[str, Mapping[str, Any]]:
@@ -290,147 +294,3 @@ def plot_attention_std(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-# --- command line -----------------------------------------------------------------------------
-
-
-def add_analyze_arguments(p: argparse.ArgumentParser) -> None:
-    """Arguments of ``condattn analyze CHECKPOINT [CHECKPOINT]``."""
-    p.add_argument(
-        "checkpoints",
-        nargs="+",
-        metavar="CHECKPOINT",
-        help="one or two run checkpoints (checkpoint.pt or its run directory), or files "
-        "written by condattn.save (then give --arch); two: the first is the baseline "
-        "(SE, gray), the second the modified model (SE-R, red)",
-    )
-    p.add_argument("--data", help="CIFAR-100 folder or archive (default: search)")
-    p.add_argument("--synthetic", action="store_true", help="use synthetic images instead")
-    p.add_argument("--n", type=int, default=128, help="number of test images (paper: 128)")
-    p.add_argument("--stage", default="layer3", help="stage to plot (paper: stage 3 = layer3)")
-    p.add_argument("--out", default="analysis", help="output folder (stats JSON + PNG)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random image choice")
-    p.add_argument("--arch", help="base model for condattn.save files, e.g. se_resnet50")
-    p.add_argument(
-        "--widths",
-        type=int,
-        nargs=4,
-        default=None,
-        help="stage widths of the --arch base model (default: the paper's)",
-    )
-    p.add_argument("--num-classes", type=int, default=None, help="default: from the weights")
-    p.add_argument("--device", default="cpu")
-
-
-def add_analyze_command(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``analyze`` on an ``add_subparsers()`` object; sets ``func=run_analyze``."""
-    p = subparsers.add_parser("analyze", help="std of the attention gates (paper Fig. 6)")
-    add_analyze_arguments(p)
-    p.set_defaults(func=run_analyze)
-    return p
-
-
-def _num_classes(state_dict: Mapping[str, Tensor]) -> int:
-    if "fc.weight" in state_dict:
-        return int(state_dict["fc.weight"].shape[0])
-    raise ValueError("cannot infer num_classes from the weights; pass --num-classes")
-
-
-def load_model(
-    path: str | Path,
-    *,
-    arch: str | None = None,
-    num_classes: int | None = None,
-    widths: Sequence[int] | None = None,
-):
-    """Rebuild a model from a run checkpoint or a :func:`condattn.save` file.
-
-    Returns:
-        ``(model, label)``: the model in eval mode and a short label (variant or file name).
-    """
-    path = Path(path)
-    file = path / "checkpoint.pt" if path.is_dir() else path
-    payload = torch.load(file, map_location="cpu", weights_only=False)
-    if isinstance(payload, dict) and "format_version" in payload and "config" in payload:
-        from condattn.train.build import build_model
-        from condattn.train.recipe import config_from_dict
-
-        cfg = config_from_dict(payload["config"])
-        n = num_classes or _num_classes(payload["model"])
-        model = build_model(cfg, num_classes=n)
-        model.load_state_dict(payload["model"])
-        label = {"se": "SE", "se_a": "SE-A", "se_r": "SE-R"}.get(cfg.model.variant, "")
-        return model.eval(), f"{label} ({cfg.name})" if label else cfg.name
-    if isinstance(payload, dict) and "config" in payload and "state_dict" in payload:
-        import condattn
-
-        if arch is None:
-            raise ValueError(f"{file} was written by condattn.save: give --arch (its base model)")
-        n = num_classes or json.loads(payload["config"])["num_classes"]
-        kw = {"widths": tuple(widths)} if widths else {}
-        base = condattn.models.create_model(arch, num_classes=n, **kw)
-        return condattn.load(file, base).eval(), file.stem
-    raise ValueError(f"{file} is neither a run checkpoint nor a condattn.save file")
-
-
-def analysis_images(
-    *, n: int, data: str | None = None, synthetic: bool = False, seed: int = 0
-) -> tuple[Tensor, str]:
-    """``n`` randomly chosen CIFAR-100 test images, normalised as for evaluation."""
-    from condattn.data import (
-        BatchAugment,
-        CifarNotFoundError,
-        find_cifar100,
-        load_cifar100,
-        synthetic_cifar100,
-    )
-
-    if synthetic:
-        ds = synthetic_cifar100(n_train=1, n_test=max(n, 1), seed=seed)
-    else:
-        root = data or find_cifar100()
-        if root is None:
-            raise CifarNotFoundError("no CIFAR-100 found; pass --data DIR or --synthetic")
-        ds = load_cifar100(root)
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(ds.test_images.shape[0], generator=gen)[:n]
-    images = BatchAugment.eval_transform()(ds.test_images[idx])
-    return images, f"{ds.source}, {len(idx)} test images (seed {seed})"
-
-
-def run_analyze(args: argparse.Namespace) -> int:
-    """``condattn analyze``: stats JSON per model and, for two models, the Fig. 6 plot."""
-    if len(args.checkpoints) > 2:
-        raise ValueError("analyze takes one or two checkpoints")
-    images, source = analysis_images(
-        n=args.n, data=args.data, synthetic=args.synthetic, seed=args.seed
-    )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    all_stats, labels = [], []
-    for i, ck in enumerate(args.checkpoints):
-        model, label = load_model(
-            ck, arch=args.arch, num_classes=args.num_classes, widths=args.widths
-        )
-        model.to(args.device)
-        stats = attention_stats(model, images, stage=None)
-        stats.update(checkpoint=str(ck), label=label, images=source)
-        path = out / f"attention_stats_{i}.json"
-        path.write_text(json.dumps(stats, indent=1) + "\n")
-        blocks = {k: v for k, v in stats["blocks"].items() if k.startswith(args.stage + ".")}
-        summary = ", ".join(f"{k} {v['mean_std']:.4f}" for k, v in blocks.items())
-        print(f"{label}: mean std of s per {args.stage} block: {summary or '(none)'}")
-        print(f"  wrote {path}")
-        all_stats.append(stats)
-        labels.append(label)
-    if len(all_stats) == 2:
-        png = plot_attention_std(
-            all_stats[0],
-            all_stats[1],
-            labels=labels,
-            path=out / "attention_std.png",
-            stage=args.stage,
-        )
-        print(f"plot: {png}")
-    return 0

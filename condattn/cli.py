@@ -122,8 +122,8 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     from condattn.data import TensorLoader
     from condattn.train import distributed as D
-    from condattn.train.build import build_augment, build_loss, build_model, load_data
-    from condattn.train.checkpoint import load_checkpoint
+    from condattn.train.build import build_augment, build_loss, load_data
+    from condattn.train.checkpoint import load_checkpoint, model_from_checkpoint
     from condattn.train.loop import evaluate
     from condattn.train.recipe import config_from_dict
 
@@ -132,9 +132,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     cfg = dataclasses.replace(cfg, system=dataclasses.replace(cfg.system, device=args.device))
     data = load_data(cfg, root=args.data, synthetic=args.synthetic)
     device = D.device_for(D.DistEnv(), args.device)
-    model = build_model(cfg, num_classes=data.num_classes)
-    model.load_state_dict(state["model"])
-    model.to(device)
+    model = model_from_checkpoint(state, num_classes=data.num_classes).to(device)
     loader = TensorLoader(
         data.test_images,
         data.test_labels,
@@ -295,16 +293,19 @@ def _run_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_analyze(p: argparse.ArgumentParser) -> None:
-    from condattn.analysis import add_analyze_arguments  # deferred: keep `condattn -h` fast
+# --- analyze: condattn/_cli_analyze.py ----------------------------------------------------------
 
-    add_analyze_arguments(p)
+
+def _add_analyze(p: argparse.ArgumentParser) -> None:
+    from condattn._cli_analyze import add_arguments  # deferred: keep `condattn -h` fast
+
+    add_arguments(p)
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
-    from condattn.analysis import run_analyze
+    from condattn._cli_analyze import run
 
-    return run_analyze(args)
+    return run(args)
 
 
 # name -> (help, add_arguments, run); add a subcommand by adding an entry.

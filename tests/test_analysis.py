@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
@@ -10,14 +9,13 @@ import torch
 
 import condattn
 from condattn.analysis import (
-    add_analyze_command,
     attention_modules,
     attention_stats,
     channel_std,
     plot_attention_std,
     record_gates,
-    run_analyze,
 )
+from condattn.cli import main
 
 TINY = (8, 8, 16, 16)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -119,18 +117,12 @@ def test_plot_is_png(tmp_path):
         plot_attention_std(a, b, labels=("a", "b"), path=tmp_path / "x.png", stage="layer7")
 
 
-def _parser():
-    p = argparse.ArgumentParser()
-    add_analyze_command(p.add_subparsers(dest="command"))
-    return p
-
-
 def test_analyze_command_on_condattn_save_files(tmp_path):
     base, conv = _pair()
     se_a = condattn.convert(base, conditioned=False)
     condattn.save(se_a, tmp_path / "se_a.pt")
     condattn.save(conv, tmp_path / "se_r.pt")
-    args = _parser().parse_args(
+    rc = main(
         [
             "analyze",
             str(tmp_path / "se_a.pt"),
@@ -146,8 +138,7 @@ def test_analyze_command_on_condattn_save_files(tmp_path):
             str(tmp_path / "out"),
         ]
     )
-    assert args.func is run_analyze
-    assert args.func(args) == 0
+    assert rc == 0
     stats = json.loads((tmp_path / "out" / "attention_stats_1.json").read_text())
     assert stats["n_images"] == 4 and "layer3.0.attn" in stats["blocks"]
     assert (tmp_path / "out" / "attention_std.png").read_bytes()[:8] == PNG_MAGIC
@@ -164,10 +155,19 @@ def test_analyze_command_on_run_checkpoint(tmp_path):
         tmp_path / "checkpoint.pt",
         {"config": cfg.to_dict(), "model": model.state_dict(), "epoch": 0},
     )
-    args = _parser().parse_args(
-        ["analyze", str(tmp_path), "--synthetic", "--n", "3", "--out", str(tmp_path / "o")]
-    )
-    assert run_analyze(args) == 0
+    argv = ["analyze", str(tmp_path), "--synthetic", "--n", "3", "--out", str(tmp_path / "o")]
+    assert main(argv) == 0
     stats = json.loads((tmp_path / "o" / "attention_stats_0.json").read_text())
     assert stats["label"].startswith("SE-R")
     assert not (tmp_path / "o" / "attention_std.png").exists()  # one model: no comparison plot
+
+
+def test_analyze_refuses_what_it_cannot_load(tmp_path, capsys):
+    base, conv = _pair()
+    condattn.save(conv, tmp_path / "se_r.pt")
+    out = ["--synthetic", "--n", "2", "--out", str(tmp_path / "out")]
+    assert main(["analyze", str(tmp_path / "se_r.pt"), *out]) == 2
+    assert "written by condattn.save: give its base model (--arch)" in capsys.readouterr().err
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    assert main(["analyze", str(tmp_path / "other.pt"), *out]) == 2
+    assert "neither a run checkpoint nor a condattn.save file" in capsys.readouterr().err

@@ -1,0 +1,98 @@
+"""``condattn analyze CHECKPOINT [CHECKPOINT]``: the std of the attention gates (paper Fig. 6).
+
+The command half of :mod:`condattn.analysis`: it rebuilds the models with
+:func:`condattn.train.checkpoint.load_model` (the loader ``condattn eval`` uses too), picks the
+test images, and writes one stats JSON per model and, for two models, the Fig. 6 plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from condattn.analysis import attention_stats, plot_attention_std
+from condattn.data import (
+    BatchAugment,
+    CifarNotFoundError,
+    find_cifar100,
+    load_cifar100,
+    synthetic_cifar100,
+)
+from condattn.train.checkpoint import load_model
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``condattn analyze CHECKPOINT [CHECKPOINT]``."""
+    p.add_argument(
+        "checkpoints",
+        nargs="+",
+        metavar="CHECKPOINT",
+        help="one or two run checkpoints (checkpoint.pt or its run directory), or files "
+        "written by condattn.save (then give --arch); two: the first is the baseline "
+        "(SE, gray), the second the modified model (SE-R, red)",
+    )
+    p.add_argument("--data", help="CIFAR-100 folder or archive (default: search)")
+    p.add_argument("--synthetic", action="store_true", help="use synthetic images instead")
+    p.add_argument("--n", type=int, default=128, help="number of test images (paper: 128)")
+    p.add_argument("--stage", default="layer3", help="stage to plot (paper: stage 3 = layer3)")
+    p.add_argument("--out", default="analysis", help="output folder (stats JSON + PNG)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random image choice")
+    p.add_argument("--arch", help="base model for condattn.save files, e.g. se_resnet50")
+    p.add_argument(
+        "--widths",
+        type=int,
+        nargs=4,
+        default=None,
+        help="stage widths of the --arch base model (default: the paper's)",
+    )
+    p.add_argument("--num-classes", type=int, default=None, help="default: from the weights")
+    p.add_argument("--device", default="cpu")
+
+
+def _images(*, n: int, data: str | None, synthetic: bool, seed: int) -> tuple[Tensor, str]:
+    """``n`` randomly chosen CIFAR-100 test images, normalised as for evaluation."""
+    if synthetic:
+        ds = synthetic_cifar100(n_train=1, n_test=max(n, 1), seed=seed)
+    else:
+        root = data or find_cifar100()
+        if root is None:
+            raise CifarNotFoundError("no CIFAR-100 found; pass --data DIR or --synthetic")
+        ds = load_cifar100(root)
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(ds.test_images.shape[0], generator=gen)[:n]
+    images = BatchAugment.eval_transform()(ds.test_images[idx])
+    return images, f"{ds.source}, {len(idx)} test images (seed {seed})"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Stats JSON per model and, for two models, the Fig. 6 plot; returns the exit status."""
+    if len(args.checkpoints) > 2:
+        raise ValueError("analyze takes one or two checkpoints")
+    images, source = _images(n=args.n, data=args.data, synthetic=args.synthetic, seed=args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    all_stats, labels = [], []
+    for i, ck in enumerate(args.checkpoints):
+        loaded = load_model(ck, arch=args.arch, num_classes=args.num_classes, widths=args.widths)
+        stats = attention_stats(loaded.model.to(args.device), images, stage=None)
+        stats.update(checkpoint=str(ck), label=loaded.label, images=source)
+        path = out / f"attention_stats_{i}.json"
+        path.write_text(json.dumps(stats, indent=1) + "\n")
+        blocks = {k: v for k, v in stats["blocks"].items() if k.startswith(args.stage + ".")}
+        summary = ", ".join(f"{k} {v['mean_std']:.4f}" for k, v in blocks.items())
+        print(f"{loaded.label}: mean std of s per {args.stage} block: {summary or '(none)'}")
+        print(f"  wrote {path}")
+        all_stats.append(stats)
+        labels.append(loaded.label)
+    if len(all_stats) == 2:
+        png = plot_attention_std(
+            *all_stats, labels=labels, path=out / "attention_std.png", stage=args.stage
+        )
+        print(f"plot: {png}")
+    return 0
