@@ -192,15 +192,52 @@ def test_truncated_pickle(folder_root: Path) -> None:
     assert str(train) in str(info.value)
 
 
-@pytest.mark.parametrize("truncate", [False, True], ids=["garbage", "truncated"])
-def test_bad_archive(tmp_path: Path, cache: Path, truncate: bool) -> None:
+def _corrupt(blob: bytes, how: str) -> bytes:
+    if how == "truncated":
+        return blob[: len(blob) // 2]
+    if how == "flipped":  # bad bytes inside an archive of the right size and gzip header
+        mid = len(blob) // 2
+        return blob[:mid] + bytes(b ^ 0x5A for b in blob[mid : mid + 64]) + blob[mid + 64 :]
+    return os.urandom(4096)
+
+
+@pytest.mark.parametrize("how", ["garbage", "truncated", "flipped"])
+def test_bad_archive_is_reported_as_corrupt(tmp_path: Path, cache: Path, how: str) -> None:
     archive = _write(tmp_path / "src", as_archive=True)
-    blob = archive.read_bytes()
-    archive.write_bytes(blob[: len(blob) // 2] if truncate else os.urandom(4096))
-    with pytest.raises(CifarDataError, match="corrupt or truncated") as info:
+    archive.write_bytes(_corrupt(archive.read_bytes(), how))
+    with pytest.raises(CifarDataError, match="is corrupt") as info:
         load_cifar100(archive, cache_dir=cache)
-    assert str(archive) in str(info.value)
-    assert not any(cache.rglob("train")), "a failed extraction must leave nothing behind"
+    msg = str(info.value)
+    assert msg.startswith(str(archive)) and "delete it and download or copy it again" in msg
+    assert "not the CIFAR-100" not in msg and str(cache) not in msg
+    assert not cache.exists(), "a failed extraction must leave no (empty) cache folders behind"
+
+
+def test_bad_file_inside_a_good_archive_blames_the_archive(tmp_path: Path, cache: Path) -> None:
+    folder = _write(tmp_path / "good")
+    (folder / "train").write_bytes(b"\x80\x02garbage that is no pickle")
+    archive = tmp_path / "cifar-100-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="cifar-100-python")
+    for _ in range(2):  # the bad extraction is dropped, so the second run reports it again
+        with pytest.raises(CifarDataError, match="is corrupt") as info:
+            load_cifar100(archive, cache_dir=cache)
+        msg = str(info.value)
+        assert msg.startswith(str(archive)) and "delete it" in msg
+        assert "not the CIFAR-100" not in msg and str(cache) not in msg
+        assert "cannot unpickle cifar-100-python/train" in msg
+        assert not any(p.is_dir() and not any(p.iterdir()) for p in cache.rglob("*"))
+        assert not list(cache.rglob("train"))
+
+
+def test_existing_cache_dir_is_kept_after_a_failure(tmp_path: Path, cache: Path) -> None:
+    cache.mkdir()
+    (cache / "other").write_text("someone else's")
+    archive = _write(tmp_path / "src", as_archive=True)
+    archive.write_bytes(_corrupt(archive.read_bytes(), "flipped"))
+    with pytest.raises(CifarDataError, match="is corrupt"):
+        load_cifar100(archive, cache_dir=cache)
+    assert sorted(p.name for p in cache.iterdir()) == ["other"]
 
 
 def test_archive_without_the_cifar_files(tmp_path: Path, cache: Path) -> None:
@@ -210,7 +247,8 @@ def test_archive_without_the_cifar_files(tmp_path: Path, cache: Path) -> None:
         tar.addfile(info, io.BytesIO(b""))
     with pytest.raises(CifarDataError, match="cifar-100-python/train") as err:
         load_cifar100(tmp_path, cache_dir=cache)
-    assert str(archive) in str(err.value)
+    assert str(archive) in str(err.value) and "not the CIFAR-100 python version" in str(err.value)
+    assert str(cache) not in str(err.value) and not cache.exists()
 
 
 def _rewrite(path: Path, changes: dict) -> None:
@@ -315,6 +353,44 @@ def test_find_cifar100(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert find_cifar100() == archive.parent
 
 
+def test_missing_condattn_data_is_an_error_not_a_fallback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write(tmp_path / "data")  # ./data holds CIFAR-100: the old fallback would have used it
+    monkeypatch.chdir(tmp_path)
+    assert find_cifar100() == Path("data").absolute()
+    missing = tmp_path / "typo"
+    monkeypatch.setenv("CONDATTN_DATA", str(missing))
+    with pytest.raises(CifarNotFoundError, match="does not exist") as info:
+        find_cifar100()
+    assert str(missing) in str(info.value) and "CONDATTN_DATA" in str(info.value)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("CONDATTN_DATA", str(empty))
+    assert find_cifar100() == empty  # set and existing: the only place, whatever it holds
+    with pytest.raises(CifarNotFoundError, match="no CIFAR-100 data at") as info:
+        load_cifar100(find_cifar100())
+    assert str(empty) in str(info.value)
+
+
+def test_root_that_does_not_exist(tmp_path: Path) -> None:
+    with pytest.raises(CifarNotFoundError, match="does not exist") as info:
+        load_cifar100(tmp_path / "nothing")
+    assert str(tmp_path / "nothing") in str(info.value)
+
+
+def test_container_stats_are_the_train_split_s(folder_root: Path) -> None:
+    data = load_cifar100(folder_root)
+    mean, std = channel_stats(data.train_images)
+    assert data.mean == tuple(round(m, 6) for m in mean)
+    assert data.std == tuple(round(s, 6) for s in std)
+    assert data.image_size == (32, 32) and data.num_classes == CLASSES
+    sub = data.replace(train_images=data.train_images[:5], train_labels=data.train_labels[:5])
+    assert sub.mean == data.mean  # a subset keeps the dataset's normalisation
+    with pytest.raises(ValueError, match="uint8"):
+        data.replace(test_images=data.test_images.float())
+
+
 def test_channel_stats_matches_direct_computation() -> None:
     images = torch.randint(0, 256, (37, 3, 8, 8), dtype=torch.uint8)
     mean, std = channel_stats(images, chunk=5)
@@ -338,3 +414,5 @@ def test_real_cifar100(tmp_path: Path) -> None:
     assert data.classes[:2] == ["apple", "aquarium_fish"]
     mean, std = channel_stats(data.train_images)
     assert np.allclose(mean, CIFAR100_MEAN, atol=1e-5) and np.allclose(std, CIFAR100_STD, atol=1e-5)
+    # Rounded to 6 decimals they ARE the constants, so normalisation is bit-identical to before.
+    assert data.mean == CIFAR100_MEAN and data.std == CIFAR100_STD

@@ -69,7 +69,97 @@ class AugParams:
         return cls(offset, offset.clone(), torch.zeros(n, dtype=torch.bool), torch.zeros(n))
 
 
-class BatchAugment:
+class _BatchTransform:
+    """What every batched transform shares: the normalisation, dtype/layout of the output and
+    per-device caches.
+
+    Args:
+        normalize: map to ``(x / 255 - mean) / std`` per channel; else return ``x / 255``.
+        mean: per-channel mean in [0, 1] units; pass the dataset's (``ImageData.mean``).
+        std: per-channel std in [0, 1] units; all ones gives mean subtraction only (the paper's
+            "mean RGB-channel subtraction", section 4).
+        dtype: output floating dtype.
+        channels_last: return a ``torch.channels_last`` tensor (faster convs on GPU).
+    """
+
+    def __init__(
+        self,
+        *,
+        normalize: bool,
+        mean: Sequence[float],
+        std: Sequence[float],
+        dtype: torch.dtype,
+        channels_last: bool,
+    ) -> None:
+        if len(mean) != len(std) or any(s <= 0 for s in std):
+            raise ValueError(f"mean and std need one entry per channel and std > 0: {mean}, {std}")
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+        self.normalize = normalize
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        self.dtype, self.channels_last = dtype, channels_last
+        self._cache: dict[tuple, object] = {}  # per-device constants and scratch buffers
+
+    def _check_images(self, images: torch.Tensor, n_params: int | None) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(
+                f"expected uint8 images (B, C, H, W), got {images.dtype} {tuple(images.shape)}"
+            )
+        if images.shape[1] != len(self.mean):
+            raise ValueError(
+                f"images have {images.shape[1]} channels but mean/std have {len(self.mean)}"
+            )
+        if n_params is not None and n_params != images.shape[0]:
+            raise ValueError(f"{n_params} parameter sets for a batch of {images.shape[0]}")
+
+    def _finish(self, x: torch.Tensor, *, owned: bool = False) -> torch.Tensor:
+        """0..255 (uint8 or float) -> normalised ``self.dtype``, optionally channels_last.
+
+        ``owned`` says ``x`` is a float32 temporary of ours that may be normalised in place.
+        """
+        scale, shift = self._affine(x.device)
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        if owned and x.dtype == torch.float32:
+            out = x.mul_(scale).sub_(shift)  # in place: one big allocation less per batch
+        else:
+            out = torch.addcmul(-shift, x.float(), scale)
+        return out.to(dtype=self.dtype, memory_format=memory_format)
+
+    def _affine(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scale, shift)`` with ``normalised = x * scale - shift`` for x in 0..255."""
+        key = ("affine", device)
+        if key not in self._cache:
+            mean = torch.tensor(self.mean if self.normalize else (0.0,) * len(self.mean))
+            std = torch.tensor(self.std if self.normalize else (1.0,) * len(self.std))
+            scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1)
+            shift = (mean / std).view(1, -1, 1, 1)
+            self._cache[key] = (scale.to(device), shift.to(device))
+        return self._cache[key]
+
+    def _base_grid(self, h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixel-centre coordinates in [-1, 1] (align_corners=False), exact in float32."""
+        key = ("grid", h, w, device)
+        if key not in self._cache:
+            u = (torch.arange(w, dtype=torch.float32) * 2 + 1) / w - 1
+            v = (torch.arange(h, dtype=torch.float32) * 2 + 1) / h - 1
+            self._cache[key] = (u.view(1, 1, w).to(device), v.view(1, h, 1).to(device))
+        return self._cache[key]
+
+    def _scratch(self, name: str, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """A reusable float32 buffer for internal temporaries (never returned to the caller).
+
+        Re-using these avoids allocating (and, on CPU, page-faulting) several MB per batch.
+        """
+        key = ("scratch", name, device)
+        numel = math.prod(shape)
+        buf = self._cache.get(key)
+        if buf is None or buf.numel() < numel:  # grow only: a smaller last batch re-uses it
+            buf = torch.empty(numel, dtype=torch.float32, device=device)
+            self._cache[key] = buf
+        return buf[:numel].view(shape)
+
+
+class BatchAugment(_BatchTransform):
     """Random crop + horizontal flip + rotation + normalisation for a uint8 batch.
 
     Args:
@@ -81,8 +171,9 @@ class BatchAugment:
             zero fill), like ``torchvision.transforms.RandomRotation(max_angle)``.
         max_angle: largest rotation in degrees.
         normalize: map to ``(x / 255 - mean) / std`` per channel; else return ``x / 255``.
-        mean: per-channel mean in [0, 1] units (CIFAR-100 train by default).
-        std: per-channel std in [0, 1] units.
+        mean: per-channel mean in [0, 1] units (CIFAR-100 train by default; pass the dataset's
+            ``ImageData.mean``).
+        std: per-channel std in [0, 1] units (all ones: mean subtraction only).
         dtype: output floating dtype.
         channels_last: return a ``torch.channels_last`` tensor (faster convs on GPU).
 
@@ -113,17 +204,12 @@ class BatchAugment:
             raise ValueError(f"flip_p must lie in [0, 1], got {flip_p}")
         if max_angle < 0:
             raise ValueError(f"max_angle must be >= 0, got {max_angle}")
-        if len(mean) != len(std) or any(s <= 0 for s in std):
-            raise ValueError(f"mean and std need one entry per channel and std > 0: {mean}, {std}")
-        if not dtype.is_floating_point:
-            raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+        super().__init__(
+            normalize=normalize, mean=mean, std=std, dtype=dtype, channels_last=channels_last
+        )
         self.crop, self.padding = crop, padding
         self.flip, self.flip_p = flip, flip_p
         self.rotate, self.max_angle = rotate, max_angle
-        self.normalize = normalize
-        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
-        self.dtype, self.channels_last = dtype, channels_last
-        self._cache: dict[tuple, object] = {}  # per-device constants and scratch buffers
 
     @classmethod
     def eval_transform(cls, **kwargs) -> BatchAugment:
@@ -194,16 +280,7 @@ class BatchAugment:
         Returns:
             ``(B, C, H, W)`` tensor of ``self.dtype`` on the images' device.
         """
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(
-                f"expected uint8 images (B, C, H, W), got {images.dtype} {tuple(images.shape)}"
-            )
-        if images.shape[1] != len(self.mean):
-            raise ValueError(
-                f"images have {images.shape[1]} channels but mean/std have {len(self.mean)}"
-            )
-        if params is not None and len(params) != images.shape[0]:
-            raise ValueError(f"{len(params)} parameter sets for a batch of {images.shape[0]}")
+        self._check_images(images, None if params is None else len(params))
         if params is not None and params.dx.device.type == "cpu" and len(params):
             lo = min(int(params.dx.min()), int(params.dy.min()))
             hi = max(int(params.dx.max()), int(params.dy.max()))
@@ -219,52 +296,6 @@ class BatchAugment:
         return self._finish(self._shift_flip(images, params))  # uint8, exact integer moves
 
     # --- internals -------------------------------------------------------------------------
-
-    def _finish(self, x: torch.Tensor, *, owned: bool = False) -> torch.Tensor:
-        """0..255 (uint8 or float) -> normalised ``self.dtype``, optionally channels_last.
-
-        ``owned`` says ``x`` is a float32 temporary of ours that may be normalised in place.
-        """
-        scale, shift = self._affine(x.device)
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        if owned and x.dtype == torch.float32:
-            out = x.mul_(scale).sub_(shift)  # in place: one big allocation less per batch
-        else:
-            out = torch.addcmul(-shift, x.float(), scale)
-        return out.to(dtype=self.dtype, memory_format=memory_format)
-
-    def _affine(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(scale, shift)`` with ``normalised = x * scale - shift`` for x in 0..255."""
-        key = ("affine", device)
-        if key not in self._cache:
-            mean = torch.tensor(self.mean if self.normalize else (0.0,) * len(self.mean))
-            std = torch.tensor(self.std if self.normalize else (1.0,) * len(self.std))
-            scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1)
-            shift = (mean / std).view(1, -1, 1, 1)
-            self._cache[key] = (scale.to(device), shift.to(device))
-        return self._cache[key]
-
-    def _base_grid(self, h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pixel-centre coordinates in [-1, 1] (align_corners=False), exact in float32."""
-        key = ("grid", h, w, device)
-        if key not in self._cache:
-            u = (torch.arange(w, dtype=torch.float32) * 2 + 1) / w - 1
-            v = (torch.arange(h, dtype=torch.float32) * 2 + 1) / h - 1
-            self._cache[key] = (u.view(1, 1, w).to(device), v.view(1, h, 1).to(device))
-        return self._cache[key]
-
-    def _scratch(self, name: str, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-        """A reusable float32 buffer for internal temporaries (never returned to the caller).
-
-        Re-using these avoids allocating (and, on CPU, page-faulting) several MB per batch.
-        """
-        key = ("scratch", name, device)
-        numel = math.prod(shape)
-        buf = self._cache.get(key)
-        if buf is None or buf.numel() < numel:  # grow only: a smaller last batch re-uses it
-            buf = torch.empty(numel, dtype=torch.float32, device=device)
-            self._cache[key] = buf
-        return buf[:numel].view(shape)
 
     def _warp(self, images: torch.Tensor, params: AugParams) -> torch.Tensor:
         """Crop + flip + rotation as one bilinear grid_sample; returns float32 in 0..255."""

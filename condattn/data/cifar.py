@@ -1,8 +1,10 @@
-"""CIFAR-100 reader: the official "python version" pickles -> uint8 tensors.
+"""CIFAR-100 and CIFAR-10 readers: the official "python version" pickles -> uint8 tensors.
 
-The reader accepts the extracted ``cifar-100-python/`` folder, a folder that holds it, the
-``cifar-100-python.tar.gz`` archive, or a folder that holds the archive. An archive is extracted
-once into a cache folder (never next to the archive, which may be read-only) and re-used.
+The reader accepts the extracted folder (``cifar-100-python/`` or ``cifar-10-batches-py/``), a
+folder that holds it, the ``.tar.gz`` archive, or a folder that holds the archive. An archive is
+extracted once into a cache folder (never next to the archive, which may be read-only) and
+re-used. The whole gzip stream is read, so its CRC-32 catches a corrupted archive (bad bytes, not
+only a truncated file); such an archive is reported as corrupt, with the fix.
 
 The pickles are read here rather than through ``torchvision.datasets.CIFAR100``, because that class
 checks the md5 of ``train``/``test`` and rejects copies whose in-file order differs from the
@@ -11,6 +13,7 @@ official one (see ``shared/data/README.md``). Nothing here depends on the in-fil
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import pickle
@@ -25,8 +28,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from condattn.data._cache import default_cache_dir, removing_new_dirs
+from condattn.data.container import (
+    CifarData,
+    CifarDataError,
+    CifarNotFoundError,
+    DataError,
+    DataNotFoundError,
+    ImageData,
+    channel_stats,
+)
+
 __all__ = [
     "ARCHIVE_NAME",
+    "CIFAR10",
+    "CIFAR100",
     "CIFAR100_MD5",
     "CIFAR100_MEAN",
     "CIFAR100_STD",
@@ -35,150 +51,174 @@ __all__ = [
     "CifarData",
     "CifarDataError",
     "CifarNotFoundError",
+    "CifarSpec",
     "channel_stats",
+    "find_cifar",
+    "find_cifar10",
     "find_cifar100",
+    "load_cifar",
+    "load_cifar10",
     "load_cifar100",
 ]
 
-ARCHIVE_NAME = "cifar-100-python.tar.gz"
-FOLDER_NAME = "cifar-100-python"
-CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
-CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
 
-# Per-channel mean/std of the 50,000 training images, in [0, 1] units (shared/data/README.md).
+@dataclass(frozen=True)
+class CifarSpec:
+    """The file layout of one CIFAR release ("python version")."""
+
+    name: str  # the dataset's name in condattn.data.DATASETS
+    title: str  # for messages
+    archive: str
+    folder: str
+    url: str
+    md5: str  # of the official archive
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    meta_file: str
+    label_key: str
+    names_key: str
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Every file the folder must hold."""
+        return (*self.train_files, *self.test_files, self.meta_file)
+
+
+CIFAR100 = CifarSpec(
+    name="cifar100",
+    title="CIFAR-100",
+    archive="cifar-100-python.tar.gz",
+    folder="cifar-100-python",
+    url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+    md5="eb9058c3a382ffc7106e4002c42a8d85",
+    train_files=("train",),
+    test_files=("test",),
+    meta_file="meta",
+    label_key="fine_labels",
+    names_key="fine_label_names",
+)
+CIFAR10 = CifarSpec(
+    name="cifar10",
+    title="CIFAR-10",
+    archive="cifar-10-python.tar.gz",
+    folder="cifar-10-batches-py",
+    url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    md5="c58f30108f718f92721af3b95e74349a",
+    train_files=tuple(f"data_batch_{k}" for k in range(1, 6)),
+    test_files=("test_batch",),
+    meta_file="batches.meta",
+    label_key="labels",
+    names_key="label_names",
+)
+
+# The CIFAR-100 names from before CIFAR-10 was added.
+ARCHIVE_NAME, FOLDER_NAME = CIFAR100.archive, CIFAR100.folder
+CIFAR100_URL, CIFAR100_MD5 = CIFAR100.url, CIFAR100.md5
+
+# Per-channel mean/std of the 50,000 training images, in [0, 1] units (shared/data/README.md);
+# ImageData computes the same numbers from the train split.
 CIFAR100_MEAN = (0.507075, 0.486549, 0.440918)
 CIFAR100_STD = (0.267334, 0.256438, 0.276150)
 
-_SPLIT_FILES = ("train", "test", "meta")
 _IMAGE_BYTES = 3 * 32 * 32
 _FIX = (
     "put {archive} (or the extracted {folder}/ folder) in {where}, or pass download=True "
     "(--download on the command line) where there is network access"
 )
+_REFETCH = "delete it and download or copy it again"
 
 
-class CifarDataError(ValueError):
-    """The CIFAR-100 files are unusable: corrupt, truncated or in the wrong layout."""
+def _fix_hint(spec: CifarSpec, where: Path | str) -> str:
+    return _FIX.format(archive=spec.archive, folder=spec.folder, where=where)
 
 
-class CifarNotFoundError(CifarDataError, FileNotFoundError):
-    """The CIFAR-100 files (or one of them) are missing."""
+def _has_split_files(spec: CifarSpec, folder: Path) -> bool:
+    return folder.is_dir() and any((folder / name).exists() for name in spec.files)
 
 
-@dataclass(frozen=True, repr=False)
-class CifarData:
-    """CIFAR-100 in memory.
-
-    Attributes:
-        train_images: uint8 tensor ``(N_train, 3, 32, 32)``, RGB.
-        train_labels: int64 tensor ``(N_train,)`` of fine labels in ``[0, len(classes))``.
-        test_images: uint8 tensor ``(N_test, 3, 32, 32)``.
-        test_labels: int64 tensor ``(N_test,)``.
-        classes: the fine label names from ``meta`` (100 for the real set).
-        source: where the data came from, for logs and result files.
-    """
-
-    train_images: torch.Tensor
-    train_labels: torch.Tensor
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
-    classes: list[str]
-    source: str
-
-    @property
-    def num_classes(self) -> int:
-        """Number of fine classes."""
-        return len(self.classes)
-
-    def __repr__(self) -> str:
-        return (
-            f"CifarData(train={tuple(self.train_images.shape)}, "
-            f"test={tuple(self.test_images.shape)}, classes={len(self.classes)}, "
-            f"source={self.source!r})"
-        )
+def _complete(spec: CifarSpec, folder: Path) -> bool:
+    return all((folder / name).is_file() for name in spec.files)
 
 
-def _fix_hint(where: Path | str) -> str:
-    return _FIX.format(archive=ARCHIVE_NAME, folder=FOLDER_NAME, where=where)
-
-
-def _has_split_files(folder: Path) -> bool:
-    return folder.is_dir() and any((folder / name).exists() for name in _SPLIT_FILES)
-
-
-def _locate(root: Path) -> tuple[str, Path] | None:
+def _locate(spec: CifarSpec, root: Path) -> tuple[str, Path] | None:
     """Returns ``("folder", dir)`` or ``("archive", file)`` for ``root``, or None."""
     if root.is_file():
-        if root.name in _SPLIT_FILES:  # e.g. .../cifar-100-python/train
+        if root.name in spec.files:  # e.g. .../cifar-100-python/train
             return "folder", root.parent
         return "archive", root
     if not root.is_dir():
         return None
     folder = None
-    if (root / FOLDER_NAME).is_dir():
-        folder = root / FOLDER_NAME
-    elif root.name == FOLDER_NAME or _has_split_files(root):
+    if (root / spec.folder).is_dir():
+        folder = root / spec.folder
+    elif root.name == spec.folder or _has_split_files(spec, root):
         folder = root
-    complete = folder is not None and all((folder / n).is_file() for n in _SPLIT_FILES)
-    if not complete and (root / ARCHIVE_NAME).is_file():
-        return "archive", root / ARCHIVE_NAME  # an incomplete extraction next to the archive
+    if not (folder is not None and _complete(spec, folder)) and (root / spec.archive).is_file():
+        return "archive", root / spec.archive  # an incomplete extraction next to the archive
     return ("folder", folder) if folder is not None else None
 
 
-def _default_cache_dir() -> Path:
-    env = os.environ.get("CONDATTN_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "condattn"
-
-
-def _archive_key(archive: Path) -> str:
+def _archive_key(spec: CifarSpec, archive: Path) -> str:
     # Size + mtime identify the archive without hashing 170 MB on every start; a replaced or
     # re-downloaded archive gets a new key and is extracted again.
     st = archive.stat()
     digest = hashlib.sha1(f"{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    return f"cifar100-{st.st_size}-{digest}"
+    return f"{spec.name}-{st.st_size}-{digest}"
 
 
-def _member_target(name: str) -> str | None:
+def _member_target(spec: CifarSpec, name: str) -> str | None:
     """Maps an archive member name to one of the split files, or None to skip it."""
-    norm = posixpath.normpath(name.lstrip("/"))
-    parts = norm.split("/")
-    if len(parts) == 2 and parts[0] == FOLDER_NAME and parts[1] in _SPLIT_FILES:
+    parts = posixpath.normpath(name.lstrip("/")).split("/")
+    if len(parts) == 2 and parts[0] == spec.folder and parts[1] in spec.files:
         return parts[1]
     return None
 
 
-def _extract_archive(archive: Path, dest: Path) -> None:
-    """Safely extracts ``train``, ``test`` and ``meta`` from ``archive`` into ``dest``.
+def _extract_members(spec: CifarSpec, archive: Path, tmp: Path) -> set[str]:
+    """Writes the split files of ``archive`` into ``tmp``; returns the names found.
 
-    Only regular files named ``cifar-100-python/{train,test,meta}`` are written, to paths this
-    function chooses, so no member can escape ``dest`` (no path traversal, links or devices). The
-    files land in a temporary folder that is renamed into place atomically.
+    The gzip stream is read to its end, where gzip checks the CRC-32 and length of everything
+    it decompressed, so bad bytes anywhere in the archive raise here.
+    """
+    found = set()
+    with gzip.open(archive, "rb") as gz:
+        with tarfile.open(fileobj=gz, mode="r|") as tar:
+            for member in tar:
+                target = _member_target(spec, member.name)
+                if target is None or not member.isfile():
+                    continue
+                src = tar.extractfile(member)
+                assert src is not None  # a regular file always has a stream
+                with src, open(tmp / target, "wb") as out:
+                    shutil.copyfileobj(src, out, length=1 << 20)
+                found.add(target)
+        while gz.read(1 << 20):  # drain: the CRC-32 check happens at the end of the stream
+            pass
+    return found
+
+
+def _extract_archive(spec: CifarSpec, archive: Path, dest: Path) -> None:
+    """Safely extracts the split files from ``archive`` into ``dest``.
+
+    Only regular files named ``<folder>/<split file>`` are written, to paths this function
+    chooses, so no member can escape ``dest`` (no path traversal, links or devices). The files
+    land in a temporary folder that is renamed into place atomically.
     """
     tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest.parent))
     try:
-        found = set()
         try:
-            with tarfile.open(archive, mode="r|gz") as tar:
-                for member in tar:
-                    target = _member_target(member.name)
-                    if target is None or not member.isfile():
-                        continue
-                    src = tar.extractfile(member)
-                    assert src is not None  # a regular file always has a stream
-                    with src, open(tmp / target, "wb") as out:
-                        shutil.copyfileobj(src, out, length=1 << 20)
-                    found.add(target)
+            found = _extract_members(spec, archive, tmp)
         except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
-            raise CifarDataError(
-                f"cannot read the archive {archive}: {type(err).__name__}: {err}. It is corrupt or "
-                f"truncated; replace it with a good copy of {ARCHIVE_NAME} (md5 of the official "
-                f"file: {CIFAR100_MD5}) or use the extracted {FOLDER_NAME}/ folder."
+            raise DataError(
+                f"{archive} is corrupt ({type(err).__name__}: {err}); {_REFETCH} (md5 of the "
+                f"official {spec.archive}: {spec.md5})."
             ) from err
-        missing = [name for name in _SPLIT_FILES if name not in found]
+        missing = [name for name in spec.files if name not in found]
         if missing:
-            raise CifarDataError(
-                f"the archive {archive} has no {', '.join(f'{FOLDER_NAME}/{m}' for m in missing)}; "
-                f"it is not the CIFAR-100 python version. {_fix_hint(archive.parent)}."
+            raise DataError(
+                f"the archive {archive} is a valid tar.gz but has no "
+                f"{', '.join(f'{spec.folder}/{m}' for m in missing)}: it is not the "
+                f"{spec.title} python version ({spec.archive} from {spec.url})."
             )
         try:
             tmp.rename(dest)
@@ -189,22 +229,22 @@ def _extract_archive(archive: Path, dest: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _cached_extraction(archive: Path, cache_dir: Path) -> tuple[Path, bool]:
+def _cached_extraction(spec: CifarSpec, archive: Path, cache_dir: Path) -> tuple[Path, bool]:
     """Returns the extracted folder for ``archive`` and whether it was extracted just now."""
-    dest = cache_dir / _archive_key(archive) / FOLDER_NAME
-    if all((dest / name).is_file() for name in _SPLIT_FILES):
+    dest = cache_dir / _archive_key(spec, archive) / spec.folder
+    if _complete(spec, dest):
         return dest, False
     try:
-        if dest.exists():  # a partial leftover (should not happen with the atomic rename)
-            shutil.rmtree(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        with removing_new_dirs(dest.parent):
+            if dest.exists():  # a partial leftover (should not happen with the atomic rename)
+                shutil.rmtree(dest)
+            _extract_archive(spec, archive, dest)
     except OSError as err:
-        raise CifarDataError(
+        raise DataError(
             f"cannot write the extraction cache {dest.parent} for {archive} ({err}); pass a "
             "writable cache_dir (or set $CONDATTN_CACHE), or extract the archive yourself and "
-            f"pass the {FOLDER_NAME}/ folder."
+            f"pass the {spec.folder}/ folder."
         ) from err
-    _extract_archive(archive, dest)
     return dest, True
 
 
@@ -225,82 +265,112 @@ class _SafeUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR pickle")
 
 
-def _read_pickle(path: Path, *, hint: str) -> dict[str, object]:
+def _read_pickle(path: Path, title: str) -> dict[str, object]:
+    """Reads one pickled dict; DataError (naming ``path``) when it is missing or unusable."""
     if not path.is_file():
-        raise CifarNotFoundError(f"missing CIFAR-100 file {path}; {hint}.")
+        raise DataNotFoundError(f"missing {title} file {path}")
     try:
         with open(path, "rb") as f:
             obj = _SafeUnpickler(f, encoding="bytes").load()
     except Exception as err:  # pickle raises many types on bad input
-        raise CifarDataError(
-            f"cannot unpickle {path}: {type(err).__name__}: {err}. The file is truncated or "
-            f"corrupt; replace the {FOLDER_NAME}/ folder with a fresh copy ({hint})."
+        raise DataError(
+            f"cannot unpickle {path}: {type(err).__name__}: {err} (truncated or corrupt)"
         ) from err
     if not isinstance(obj, dict):
-        raise CifarDataError(f"{path} holds a {type(obj).__name__}, expected a dict; {hint}.")
+        raise DataError(f"{path} holds a {type(obj).__name__}, expected a dict")
     return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
 
 
-def _require(d: dict[str, object], keys: tuple[str, ...], path: Path, hint: str) -> None:
+def _require(d: dict[str, object], keys: tuple[str, ...], path: Path) -> None:
     missing = [k for k in keys if k not in d]
     if missing:
-        raise CifarDataError(
-            f"{path} lacks the key(s) {missing} (has {sorted(d)}); it is not a CIFAR-100 "
-            f"python-version file. {hint}."
-        )
+        raise DataError(f"{path} lacks the key(s) {missing} (has {sorted(d)})")
 
 
 def _decode_names(names: object, path: Path, key: str) -> list[str]:
     if not isinstance(names, list) or not names:
-        raise CifarDataError(f"{path}: {key!r} must be a non-empty list of names.")
+        raise DataError(f"{path}: {key!r} must be a non-empty list of names")
     return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
 
 
-def _read_split(path: Path, *, num_classes: int, hint: str) -> tuple[torch.Tensor, torch.Tensor]:
-    d = _read_pickle(path, hint=hint)
-    _require(d, ("data", "fine_labels"), path, hint)
+def _read_batch(spec: CifarSpec, path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """One pickled batch -> (uint8 ``N x 3072``, int64 ``N``), checked."""
+    d = _read_pickle(path, spec.title)
+    _require(d, ("data", spec.label_key), path)
     data = d["data"]
     if isinstance(data, (bytes, bytearray)):
         data = np.frombuffer(data, dtype=np.uint8).reshape(-1, _IMAGE_BYTES)
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
-        raise CifarDataError(
+        raise DataError(
             f"{path}: 'data' must be a uint8 array N x {_IMAGE_BYTES}, got "
-            f"{type(data).__name__} {getattr(data, 'dtype', '')} {getattr(data, 'shape', '')}. "
-            f"{hint}."
+            f"{type(data).__name__} {getattr(data, 'dtype', '')} {getattr(data, 'shape', '')}"
         )
     n = data.shape[0]
     if data.shape[1] != _IMAGE_BYTES or n == 0:
-        raise CifarDataError(
+        raise DataError(
             f"{path}: 'data' has shape {tuple(data.shape)}, expected (N, {_IMAGE_BYTES}) with "
-            f"N > 0 (3 x 32 x 32 bytes per image). {hint}."
+            f"N > 0 (3 x 32 x 32 bytes per image)"
         )
-    labels = np.asarray(d["fine_labels"])
+    labels = np.asarray(d[spec.label_key])
     if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
-        raise CifarDataError(
-            f"{path}: 'fine_labels' must be {n} integers (one per image), got shape "
-            f"{labels.shape} dtype {labels.dtype}. {hint}."
+        raise DataError(
+            f"{path}: {spec.label_key!r} must be {n} integers (one per image), got shape "
+            f"{labels.shape} dtype {labels.dtype}"
         )
     if labels.min() < 0 or labels.max() >= num_classes:
-        raise CifarDataError(
-            f"{path}: fine labels must lie in [0, {num_classes}), found "
-            f"[{labels.min()}, {labels.max()}]. {hint}."
+        raise DataError(
+            f"{path}: labels must lie in [0, {num_classes}), found [{labels.min()}, {labels.max()}]"
         )
+    return data, labels.astype(np.int64)
+
+
+def _read_split(
+    spec: CifarSpec, folder: Path, files: tuple[str, ...], num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    batches = [_read_batch(spec, folder / name, num_classes) for name in files]
+    data = np.concatenate([b[0] for b in batches]) if len(batches) > 1 else batches[0][0]
+    labels = np.concatenate([b[1] for b in batches])
     images = torch.from_numpy(np.array(data, dtype=np.uint8, order="C", copy=True))
-    return images.view(n, 3, 32, 32), torch.from_numpy(labels.astype(np.int64))
+    return images.view(-1, 3, 32, 32), torch.from_numpy(labels)
 
 
-def _read_folder(folder: Path, *, source: str) -> CifarData:
-    hint = _fix_hint(folder.parent)
-    meta_path = folder / "meta"
-    meta = _read_pickle(meta_path, hint=hint)
-    _require(meta, ("fine_label_names",), meta_path, hint)
-    classes = _decode_names(meta["fine_label_names"], meta_path, "fine_label_names")
-    train_x, train_y = _read_split(folder / "train", num_classes=len(classes), hint=hint)
-    test_x, test_y = _read_split(folder / "test", num_classes=len(classes), hint=hint)
-    return CifarData(train_x, train_y, test_x, test_y, classes, source)
+def _read_folder(spec: CifarSpec, folder: Path, *, source: str) -> ImageData:
+    """Reads a complete extracted folder; raises DataError naming the bad file."""
+    meta_path = folder / spec.meta_file
+    meta = _read_pickle(meta_path, spec.title)
+    _require(meta, (spec.names_key,), meta_path)
+    classes = _decode_names(meta[spec.names_key], meta_path, spec.names_key)
+    train_x, train_y = _read_split(spec, folder, spec.train_files, len(classes))
+    test_x, test_y = _read_split(spec, folder, spec.test_files, len(classes))
+    return ImageData(train_x, train_y, test_x, test_y, classes, source)
 
 
-def _download(root: Path) -> None:
+def _read_user_folder(spec: CifarSpec, folder: Path) -> ImageData:
+    try:
+        return _read_folder(spec, folder, source=f"folder {folder.resolve()}")
+    except DataNotFoundError as err:
+        raise DataNotFoundError(f"{err}; {_fix_hint(spec, folder.parent)}.") from err
+    except DataError as err:
+        raise DataError(
+            f"{err}. The file is corrupt or not from the {spec.title} python "
+            f"version; {_REFETCH} (or replace the {spec.folder}/ folder with a fresh copy)."
+        ) from err
+
+
+def _read_archive(spec: CifarSpec, archive: Path, cache: Path) -> ImageData:
+    folder, fresh = _cached_extraction(spec, archive, cache)
+    verb = "extracted to" if fresh else "cached extraction in"
+    try:
+        return _read_folder(spec, folder, source=f"archive {archive.resolve()} {verb} {folder}")
+    except DataError as err:
+        # The extraction holds exactly what the archive holds (its CRC was checked), so a bad
+        # file in it means a bad archive. Drop the extraction: the next run extracts again.
+        shutil.rmtree(folder.parent, ignore_errors=True)
+        detail = str(err).replace(str(folder), spec.folder)  # the member, not the cache path
+        raise DataError(f"{archive} is corrupt ({detail}); {_REFETCH}.") from err
+
+
+def _download(spec: CifarSpec, root: Path) -> None:
     from urllib.error import URLError
 
     from torchvision.datasets import utils as tv_utils  # looked up at call time: tests patch it
@@ -308,29 +378,31 @@ def _download(root: Path) -> None:
     try:
         root.mkdir(parents=True, exist_ok=True)
         tv_utils.download_and_extract_archive(
-            CIFAR100_URL, download_root=str(root), filename=ARCHIVE_NAME, md5=CIFAR100_MD5
+            spec.url, download_root=str(root), filename=spec.archive, md5=spec.md5
         )
     except (URLError, OSError, RuntimeError) as err:
-        raise CifarNotFoundError(
-            f"could not download {CIFAR100_URL} into {root} ({type(err).__name__}: {err}). "
+        raise DataNotFoundError(
+            f"could not download {spec.url} into {root} ({type(err).__name__}: {err}). "
             f"There is probably no network access (or {root} is not writable). Fetch "
-            f"{ARCHIVE_NAME} elsewhere and put it (or the extracted {FOLDER_NAME}/ folder) in "
+            f"{spec.archive} elsewhere and put it (or the extracted {spec.folder}/ folder) in "
             f"{root}, then run again without download."
         ) from err
 
 
-def load_cifar100(
+def load_cifar(
+    spec: CifarSpec,
     root: str | os.PathLike[str],
     *,
     download: bool = False,
     cache_dir: str | os.PathLike | None = None,
-) -> CifarData:
-    """Loads CIFAR-100 (the official python-pickle layout) as uint8 tensors.
+) -> ImageData:
+    """Loads a CIFAR release (``CIFAR100`` or ``CIFAR10``) as uint8 tensors.
 
     Args:
-        root: one of: a folder holding ``cifar-100-python/{train,test,meta}``; that
-            ``cifar-100-python`` folder itself; a folder holding ``cifar-100-python.tar.gz``; or
-            the archive path itself. It may be read-only.
+        spec: :data:`CIFAR100` or :data:`CIFAR10`.
+        root: one of: a folder holding the extracted folder (e.g. ``cifar-100-python/``); that
+            folder itself; a folder holding the ``.tar.gz`` archive; or the archive path itself.
+            It may be read-only.
         download: fetch the official archive into ``root`` when no data is found there (uses
             ``torchvision.datasets.utils.download_and_extract_archive``; needs network access).
             Skipped when the files are already there.
@@ -338,91 +410,126 @@ def load_cifar100(
             mtime). Defaults to ``$CONDATTN_CACHE`` or ``~/.cache/condattn``.
 
     Returns:
-        The train and test splits in the files' own order, the fine class names and a
-        ``source`` string saying where they came from.
+        The train and test splits in the files' own order, the class names (CIFAR-100: the fine
+        labels), the train split's mean/std and a ``source`` string saying where they came from.
 
     Raises:
-        CifarNotFoundError: no data at ``root``, a missing split file, or a failed download.
-        CifarDataError: a corrupt or truncated archive or pickle, or wrong keys/shapes/labels.
-            Each message names the offending file and the fix.
+        DataNotFoundError: ``root`` missing or holding no data, a missing split file, or a failed
+            download.
+        DataError: a corrupt or truncated archive or pickle, or wrong keys/shapes/labels. Each
+            message names the offending file and the fix.
     """
     root = Path(root).expanduser()
-    found = _locate(root)
+    if not root.exists() and not download:
+        raise DataNotFoundError(
+            f"{root} does not exist: no {spec.title} data there. To fix it, "
+            f"{_fix_hint(spec, root)}."
+        )
+    found = _locate(spec, root)
     if found is None and download:
-        _download(root if not root.name.endswith(".tar.gz") else root.parent)
-        found = _locate(root)
+        _download(spec, root if not root.name.endswith(".tar.gz") else root.parent)
+        found = _locate(spec, root)
     if found is None:
-        raise CifarNotFoundError(
-            f"no CIFAR-100 data at {root}: expected {root / FOLDER_NAME}/{{train,test,meta}} or "
-            f"{root / ARCHIVE_NAME}. To fix it, {_fix_hint(root)}."
+        raise DataNotFoundError(
+            f"no {spec.title} data at {root}: expected {root / spec.folder}/"
+            f"{{{','.join(spec.files)}}} or {root / spec.archive}. To fix it, "
+            f"{_fix_hint(spec, root)}."
         )
     kind, path = found
     if kind == "folder":
-        return _read_folder(path, source=f"folder {path.resolve()}")
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir()
-    folder, fresh = _cached_extraction(path, cache)
-    verb = "extracted to" if fresh else "cached extraction in"
-    return _read_folder(folder, source=f"archive {path.resolve()} {verb} {folder}")
+        return _read_user_folder(spec, path)
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return _read_archive(spec, path, cache)
+
+
+def load_cifar100(
+    root: str | os.PathLike[str],
+    *,
+    download: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+) -> ImageData:
+    """Loads CIFAR-100 (fine labels): :func:`load_cifar` with :data:`CIFAR100`."""
+    return load_cifar(CIFAR100, root, download=download, cache_dir=cache_dir)
+
+
+def load_cifar10(
+    root: str | os.PathLike[str],
+    *,
+    download: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+) -> ImageData:
+    """Loads CIFAR-10 (``data_batch_1..5`` as train): :func:`load_cifar` with :data:`CIFAR10`."""
+    return load_cifar(CIFAR10, root, download=download, cache_dir=cache_dir)
 
 
 def _repo_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
-def find_cifar100(
-    candidates: list[str | os.PathLike[str]] | None = None,
+def data_env_path() -> Path | None:
+    """``$CONDATTN_DATA`` as a path (None when unset); a path that does not exist is an error.
+
+    Raises:
+        DataNotFoundError: ``$CONDATTN_DATA`` is set but names nothing. It is never skipped in
+            favour of another folder: a typo must not silently train on other data.
+    """
+    env = os.environ.get("CONDATTN_DATA")
+    if not env:
+        return None
+    path = Path(env).expanduser()
+    if not path.exists():
+        raise DataNotFoundError(
+            f"$CONDATTN_DATA={env} does not exist; fix or unset it (it is never skipped in "
+            "favour of another folder)."
+        )
+    return path
+
+
+def find_cifar(
+    spec: CifarSpec, candidates: list[str | os.PathLike[str]] | None = None
 ) -> Path | None:
-    """Finds a folder (or archive) with CIFAR-100 in the usual places.
+    """Finds a folder (or archive) with a CIFAR release in the usual places.
 
     Args:
-        candidates: paths to try in order. Default: ``$CONDATTN_DATA``, then ``./data`` and
-            ``../shared/data`` relative to the working directory, then the same two relative to
-            the repository root (the folder above the ``condattn`` package).
+        spec: :data:`CIFAR100` or :data:`CIFAR10`.
+        candidates: paths to try in order. Default: ``$CONDATTN_DATA`` when it is set, and then
+            it is the ONLY place (returned whatever it holds, so that loading it says what is
+            missing there); else ``./data`` and ``../shared/data`` relative to the working
+            directory, then the same two relative to the repository root.
 
     Returns:
-        The first candidate that holds the archive or the extracted folder (pass it to
-        :func:`load_cifar100`), or None.
+        The first candidate that holds the archive or the complete extracted folder (pass it to
+        :func:`load_cifar`), or None.
+
+    Raises:
+        DataNotFoundError: ``$CONDATTN_DATA`` names a path that does not exist.
     """
     if candidates is None:
+        env = data_env_path()
+        if env is not None:
+            return env
         candidates = []
-        if os.environ.get("CONDATTN_DATA"):
-            candidates.append(os.environ["CONDATTN_DATA"])
         for base in (Path.cwd(), _repo_root()):
             candidates += [base / "data", base.parent / "shared" / "data"]
     for cand in candidates:
         path = Path(cand).expanduser()
-        found = _locate(path)
+        found = _locate(spec, path)
         if found is None:
             continue
         kind, where = found
         if kind == "archive" and not where.name.endswith(".tar.gz"):
             continue  # some unrelated file
-        if kind == "folder" and not all((where / n).is_file() for n in _SPLIT_FILES):
+        if kind == "folder" and not _complete(spec, where):
             continue
         return path
     return None
 
 
-def channel_stats(images: torch.Tensor, *, chunk: int = 4096) -> tuple[tuple[float, ...], ...]:
-    """Per-channel mean and (population) std of uint8 images, in [0, 1] units.
+def find_cifar100(candidates: list[str | os.PathLike[str]] | None = None) -> Path | None:
+    """:func:`find_cifar` for CIFAR-100."""
+    return find_cifar(CIFAR100, candidates)
 
-    Args:
-        images: uint8 tensor ``(N, C, H, W)``.
-        chunk: images per step, which bounds the float64 scratch memory.
 
-    Returns:
-        ``(mean, std)``, each a tuple of C floats.
-    """
-    if images.dtype != torch.uint8 or images.ndim != 4:
-        raise ValueError(f"expected uint8 images (N, C, H, W), got {images.dtype} {images.shape}")
-    c = images.shape[1]
-    total = torch.zeros(c, dtype=torch.float64)
-    total_sq = torch.zeros(c, dtype=torch.float64)
-    for start in range(0, images.shape[0], chunk):
-        x = images[start : start + chunk].to(torch.float64) / 255.0
-        total += x.sum(dim=(0, 2, 3)).cpu()
-        total_sq += x.square().sum(dim=(0, 2, 3)).cpu()
-    count = images.numel() / c
-    mean = total / count
-    std = (total_sq / count - mean.square()).clamp_min(0).sqrt()
-    return tuple(mean.tolist()), tuple(std.tolist())
+def find_cifar10(candidates: list[str | os.PathLike[str]] | None = None) -> Path | None:
+    """:func:`find_cifar` for CIFAR-10."""
+    return find_cifar(CIFAR10, candidates)

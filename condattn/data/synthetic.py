@@ -1,4 +1,5 @@
-"""Small synthetic CIFAR-100 sets: in memory, or as files in the official pickle layout.
+"""Small synthetic CIFAR sets: in memory, or as files in the official CIFAR-100 / CIFAR-10 pickle
+layouts.
 
 Every class has its own colour and its own oriented stripe pattern, plus per-image noise and a
 small random shift, so a tiny network learns it within an epoch or two while it is still not a
@@ -17,11 +18,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from condattn.data.cifar import ARCHIVE_NAME, FOLDER_NAME, CifarData
+from condattn.data.cifar import CIFAR10, CIFAR100, CifarSpec
+from condattn.data.container import ImageData
 
-__all__ = ["make_synthetic_arrays", "synthetic_cifar100", "write_synthetic_cifar100"]
+__all__ = [
+    "make_synthetic_arrays",
+    "synthetic_cifar100",
+    "write_synthetic_cifar10",
+    "write_synthetic_cifar100",
+]
 
 _NUM_COARSE = 20
+_IMAGE_BYTES = 3 * 32 * 32
 
 
 def _class_images(
@@ -62,15 +70,16 @@ def make_synthetic_arrays(
 
 def synthetic_cifar100(
     *, n_train: int = 500, n_test: int = 100, num_classes: int = 100, seed: int = 0
-) -> CifarData:
-    """A synthetic CIFAR-100-shaped :class:`CifarData` in memory (no files)."""
+) -> ImageData:
+    """A synthetic CIFAR-shaped :class:`ImageData` in memory (no files); mean/std are computed
+    from its train split."""
     train_x, train_y = make_synthetic_arrays(
         n=n_train, num_classes=num_classes, seed=seed, split="train"
     )
     test_x, test_y = make_synthetic_arrays(
         n=n_test, num_classes=num_classes, seed=seed, split="test"
     )
-    return CifarData(
+    return ImageData(
         train_images=torch.from_numpy(train_x),
         train_labels=torch.from_numpy(train_y),
         test_images=torch.from_numpy(test_x),
@@ -103,6 +112,42 @@ def _split_dict(split: str, images: np.ndarray, labels: np.ndarray, num_classes:
     }
 
 
+def _write_files(
+    root: str | os.PathLike[str], spec: CifarSpec, files: dict[str, dict], *, as_archive: bool
+) -> Path:
+    """Pickles ``files`` (protocol 2) into ``root/<spec.folder>`` or ``root/<spec.archive>``."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root, prefix=".synthetic-") as tmp:
+        folder = Path(tmp) / spec.folder
+        folder.mkdir()
+        for name, obj in files.items():
+            with open(folder / name, "wb") as f:
+                pickle.dump(obj, f, protocol=2)
+        if as_archive:
+            tmp_archive = Path(tmp) / spec.archive
+            with tarfile.open(tmp_archive, "w:gz", compresslevel=1) as tar:
+                tar.add(folder, arcname=spec.folder)
+            target = root / spec.archive
+            os.replace(tmp_archive, target)
+            return target
+        target = root / spec.folder
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(folder, target)
+        return target
+
+
+def _arrays(
+    split: str, n: int, *, num_classes: int, seed: int, shuffle: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = make_synthetic_arrays(n=n, num_classes=num_classes, seed=seed, split=split)
+    if shuffle:
+        perm = np.random.default_rng([seed, 99, n]).permutation(n)
+        images, labels = images[perm], labels[perm]
+    return images, labels
+
+
 def write_synthetic_cifar100(
     root: str | os.PathLike[str],
     *,
@@ -131,35 +176,71 @@ def write_synthetic_cifar100(
     Returns:
         The ``root/cifar-100-python`` folder, or the archive path when ``as_archive``.
     """
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    splits = {}
-    for split, n in (("train", n_train), ("test", n_test)):
-        images, labels = make_synthetic_arrays(n=n, num_classes=num_classes, seed=seed, split=split)
-        if shuffle:
-            perm = np.random.default_rng([seed, 99, n]).permutation(n)
-            images, labels = images[perm], labels[perm]
-        splits[split] = _split_dict(split, images, labels, num_classes)
-    n_coarse = min(_NUM_COARSE, num_classes)
-    splits["meta"] = {
-        b"fine_label_names": [name.encode() for name in _fine_names(num_classes)],
-        b"coarse_label_names": [f"coarse_{k:02d}".encode() for k in range(n_coarse)],
+    opts = {"num_classes": num_classes, "seed": seed, "shuffle": shuffle}
+    files = {
+        split: _split_dict(split, *_arrays(split, n, **opts), num_classes)
+        for split, n in (("train", n_train), ("test", n_test))
     }
-    with tempfile.TemporaryDirectory(dir=root, prefix=".synthetic-") as tmp:
-        folder = Path(tmp) / FOLDER_NAME
-        folder.mkdir()
-        for name, obj in splits.items():
-            with open(folder / name, "wb") as f:
-                pickle.dump(obj, f, protocol=2)
-        if as_archive:
-            tmp_archive = Path(tmp) / ARCHIVE_NAME
-            with tarfile.open(tmp_archive, "w:gz", compresslevel=1) as tar:
-                tar.add(folder, arcname=FOLDER_NAME)
-            target = root / ARCHIVE_NAME
-            os.replace(tmp_archive, target)
-            return target
-        target = root / FOLDER_NAME
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(folder, target)
-        return target
+    files["meta"] = {
+        b"fine_label_names": [name.encode() for name in _fine_names(num_classes)],
+        b"coarse_label_names": [
+            f"coarse_{k:02d}".encode() for k in range(min(_NUM_COARSE, num_classes))
+        ],
+    }
+    return _write_files(root, CIFAR100, files, as_archive=as_archive)
+
+
+def write_synthetic_cifar10(
+    root: str | os.PathLike[str],
+    *,
+    n_train: int = 50,
+    n_test: int = 20,
+    num_classes: int = 10,
+    seed: int = 0,
+    as_archive: bool = False,
+) -> Path:
+    """Writes a synthetic set in the official CIFAR-10 python layout.
+
+    ``cifar-10-batches-py/`` holds ``data_batch_1`` .. ``data_batch_5`` (the train images in the
+    canonical order of :func:`make_synthetic_arrays`, split into five consecutive batches as even
+    as possible), ``test_batch`` and ``batches.meta``; each a protocol-2 pickle with bytes keys
+    (``data``, ``labels``, ``filenames``, ``batch_label``; meta: ``label_names``,
+    ``num_cases_per_batch``, ``num_vis``), as in the official release.
+
+    Args:
+        root: output folder (created if needed).
+        n_train: training images (at least 5: one per batch file).
+        n_test: test images.
+        num_classes: classes (``batches.meta`` lists this many names).
+        seed: fixes the content.
+        as_archive: write ``root/cifar-10-python.tar.gz`` instead of the folder.
+
+    Returns:
+        The ``root/cifar-10-batches-py`` folder, or the archive path when ``as_archive``.
+    """
+    n_batches = len(CIFAR10.train_files)
+    if n_train < n_batches:
+        raise ValueError(f"n_train must be >= {n_batches} (one image per batch), got {n_train}")
+    opts = {"num_classes": num_classes, "seed": seed, "shuffle": False}
+    train_x, train_y = _arrays("train", n_train, **opts)
+    parts = np.array_split(np.arange(n_train), n_batches)
+    files = {
+        name: _batch10(f"training batch {k + 1} of {n_batches}", train_x[idx], train_y[idx])
+        for k, (name, idx) in enumerate(zip(CIFAR10.train_files, parts, strict=True))
+    }
+    files["test_batch"] = _batch10("testing batch 1 of 1", *_arrays("test", n_test, **opts))
+    files["batches.meta"] = {
+        b"label_names": [name.encode() for name in _fine_names(num_classes)],
+        b"num_cases_per_batch": len(parts[0]),
+        b"num_vis": _IMAGE_BYTES,
+    }
+    return _write_files(root, CIFAR10, files, as_archive=as_archive)
+
+
+def _batch10(batch_label: str, images: np.ndarray, labels: np.ndarray) -> dict:
+    return {
+        b"batch_label": batch_label.encode(),
+        b"labels": labels.tolist(),
+        b"data": images.reshape(len(labels), -1),
+        b"filenames": [f"image_{i:05d}.png".encode() for i in range(len(labels))],
+    }
