@@ -5,10 +5,14 @@
 >>> out = se_r(x)  # CondOutput(logits, aux_logits=(t1, t2)) in train and eval
 """
 
+# First, before anything loads torch: the `condattn` command's OpenMP settings.
+from condattn import _cli_env  # noqa: F401  # isort: skip
 from condattn import models, nn
 from condattn.convert import (
     ConversionError,
     ConvertConfig,
+    Placement,
+    auto_aux_at,
     convert,
     get_config,
     list_attention,
@@ -28,6 +32,8 @@ __all__ = [
     "ConvertConfig",
     "DeepSupervisionLoss",
     "LossParts",
+    "Placement",
+    "auto_aux_at",
     "convert",
     "count_macs",
     "count_params",

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.fx.passes.shape_prop import TensorMetadata
 
 
 class ConversionError(ValueError):
@@ -134,6 +135,30 @@ def propagate_shapes(gm: fx.GraphModule, example: torch.Tensor) -> None:
 def node_shape(node: fx.Node) -> torch.Size | None:
     meta = node.meta.get("tensor_meta")
     return getattr(meta, "shape", None)
+
+
+def trunk_nodes(graph: fx.Graph) -> set[fx.Node]:
+    """The tensor nodes that every path from the input to the output passes through.
+
+    In a graph in execution order, node i is such a cut point when no tensor edge from an
+    earlier node that depends on the input lands after i: a block's output after its residual
+    add is one; the nodes inside the block, which the skip connection jumps over, are not.
+    Edges from constants (parameters, ``get_attr``) and from shape queries are ignored.
+    """
+    nodes = list(graph.nodes)
+    index = {n: i for i, n in enumerate(nodes)}
+    live: set[fx.Node] = set()  # depends on a placeholder
+    trunk: set[fx.Node] = set()
+    reach = 0  # the furthest user of any earlier live tensor
+    for i, node in enumerate(nodes):
+        if node.op == "placeholder" or any(a in live for a in node.all_input_nodes):
+            live.add(node)
+        is_tensor = isinstance(node.meta.get("tensor_meta"), TensorMetadata)
+        if node in live and is_tensor and reach <= i and node.op != "output":
+            trunk.add(node)
+        if node in live and is_tensor:
+            reach = max(reach, *(index[u] for u in node.users), i)
+    return trunk
 
 
 # --- inline SE: x * gate(W2 act(W1 pool(x))) written without an SE module ----------------------

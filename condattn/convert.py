@@ -27,6 +27,7 @@ from torch import fx, nn
 
 from condattn import _fx
 from condattn._fx import ConversionError
+from condattn._placement import AUTO, Placement, auto_placement
 from condattn.mappings import Builder, as_builder, cond_types, get_attention_mapping
 from condattn.nn import AuxHead, CondLinear
 from condattn.nn._common import INITS
@@ -35,6 +36,8 @@ from condattn.outputs import CondOutput
 __all__ = [
     "ConversionError",
     "ConvertConfig",
+    "Placement",
+    "auto_aux_at",
     "convert",
     "get_config",
     "list_attention",
@@ -63,6 +66,8 @@ class ConvertConfig:
     aux_head: dict[str, int] = field(default_factory=dict)  # pool_size / width / hidden
     leaf_modules: tuple[str, ...] = ()
     example_shape: tuple[int, ...] = ()
+    # how aux_at was chosen: "given" by the caller, or the reason of aux_at="auto"'s rule
+    placement: str = "given"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -106,6 +111,7 @@ class _Options:
     aux_head: dict[str, int]
     mapping: dict[type[nn.Module], Any]
     example_shape: tuple[int, ...] = ()
+    placement: str = "given"  # or the reason of aux_at="auto"'s choice
 
 
 @dataclass
@@ -156,7 +162,9 @@ def _check_not_converted(model: nn.Module, mapping: Mapping[type[nn.Module], Any
             )
 
 
-def _check_aux_at(aux_at: Sequence[str] | str) -> tuple[str, ...]:
+def _check_aux_at(aux_at: Sequence[str] | str) -> tuple[str, ...] | str:
+    if aux_at == AUTO:
+        return AUTO
     aux_at = (aux_at,) if isinstance(aux_at, str) else tuple(aux_at)
     if not all(isinstance(a, str) for a in aux_at):
         raise TypeError(f"aux_at must be a list of module names, got {aux_at!r}")
@@ -293,6 +301,16 @@ def _unknown(kind: str, name: str, valid: Sequence[str], hint: str) -> Conversio
     shown = ", ".join(valid[:40]) + (f", ... ({len(valid)} in all)" if len(valid) > 40 else "")
     did = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
     return ConversionError(f"unknown {kind} {name!r}.{did} Valid choices: {shown}. {hint}")
+
+
+def _resolve_aux_at(t: _Traced, opts: _Options) -> _Options:
+    """``aux_at="auto"`` becomes the names its rule picks (:mod:`condattn._placement`)."""
+    if opts.aux_at != AUTO:
+        _check_stages(t, opts.aux_at)
+        return opts
+    sites = [site.node for site in t.attention.values()]
+    chosen = auto_placement(t.gm, t.outputs, sites, conditioned=opts.conditioned)
+    return replace(opts, aux_at=chosen.aux_at, placement=chosen.reason)
 
 
 def _check_stages(t: _Traced, aux_at: Sequence[str]) -> None:
@@ -494,6 +512,7 @@ def _config(opts: _Options, *, n: int, feeds, aux_model, leaf_modules) -> Conver
         aux_head=opts.aux_head,
         leaf_modules=tuple(x for x in leaf_modules if isinstance(x, str)),
         example_shape=opts.example_shape,
+        placement=opts.placement,
     )
 
 
@@ -510,7 +529,7 @@ def _finish(gm: fx.GraphModule, *, training: bool, config: ConvertConfig) -> fx.
 
 def convert(
     model: nn.Module,
-    aux_at: Sequence[str] = ("layer2", "layer3"),
+    aux_at: Sequence[str] | str = AUTO,
     *,
     num_classes: int | None = None,
     feeds: Mapping[str, Sequence[str]] | None = None,
@@ -530,8 +549,9 @@ def convert(
 
     Args:
         model: any CNN that returns logits; it is not modified.
-        aux_at: qualified module names (as in ``named_modules()``) after whose output an aux head
-            goes, in network order; see :func:`list_stages`.
+        aux_at: ``"auto"`` (the paper's placement read from the graph's strides, see
+            :func:`auto_aux_at`), or qualified module names (as in ``named_modules()``) after
+            whose output an aux head goes, in network order; see :func:`list_stages`.
         num_classes: n; inferred from the logits when None.
         feeds: head name (an ``aux_at`` entry, or ``"aux_model"``) -> attention names (or name
             prefixes such as ``"layer3"``) it conditions. Default: the paper's routing, each
@@ -577,7 +597,7 @@ def convert(
     opts = replace(opts, example_shape=tuple(example.shape))
     t = _trace(model, opts.mapping, leaf_modules, concrete_args, example)  # 3
     n = opts.num_classes or int(_fx.node_shape(t.logits)[1])
-    _check_stages(t, opts.aux_at)
+    opts = _resolve_aux_at(t, opts)
     heads = _insert_heads(t, opts, n=n, aux_model=aux_model, example=example)  # 4
     routing = _route(t, heads, feeds, conditioned=conditioned)  # 5
     _swap(t, heads, routing, n=n, init=init)  # 6
@@ -613,10 +633,36 @@ def list_stages(
     mapping: Mapping[type[nn.Module], Any] | None = None,
 ) -> dict[str, list[str]]:
     """Valid ``aux_at`` names (modules with a 4-D output, in network order) -> the attention
-    modules after each, i.e. what a single head there would condition."""
+    modules after each, i.e. what a single head there would condition.
+
+    ``aux_at="auto"``'s choice among them, and its reason: :func:`auto_aux_at`.
+    """
     return _stages_with_attention(
         _trace_for_listing(model, leaf_modules, concrete_args, example_input, mapping)
     )
+
+
+def auto_aux_at(
+    model: nn.Module,
+    *,
+    conditioned: bool = True,
+    example_input: torch.Tensor | None = None,
+    leaf_modules: Sequence[str | type[nn.Module]] = (),
+    concrete_args: dict[str, Any] | None = None,
+    mapping: Mapping[type[nn.Module], Any] | None = None,
+) -> Placement:
+    """What ``convert(model, aux_at="auto")`` would choose, and why, without converting.
+
+    The rule is in :mod:`condattn._placement` (and docs/howto-convert.md): heads at the ends of
+    the two stages before the last downsampling stage (``layer2``/``layer3`` of a ResNet), moved
+    or merged so that each head conditions some attention.
+
+    Returns:
+        A :class:`Placement`: ``aux_at`` (the names), ``reason`` and every ``stages`` found.
+    """
+    t = _trace_for_listing(model, leaf_modules, concrete_args, example_input, mapping)
+    sites = [site.node for site in t.attention.values()]
+    return auto_placement(t.gm, t.outputs, sites, conditioned=conditioned)
 
 
 def list_attention(
@@ -630,10 +676,13 @@ def list_attention(
 ) -> dict[str, dict[str, str | None]]:
     """Swappable attention in network order: name -> ``{"kind": ..., "fed_by": head or None}``.
 
-    ``fed_by`` is the ``aux_at`` entry that would condition it under the default routing.
+    ``fed_by`` is the ``aux_at`` entry (``"auto"`` resolves as in :func:`convert`) that would
+    condition it under the default routing.
     """
     t = _trace_for_listing(model, leaf_modules, concrete_args, example_input, mapping)
     order = t.order()
+    if aux_at == AUTO:
+        aux_at = auto_placement(t.gm, t.outputs, [s.node for s in t.attention.values()]).aux_at
     aux_at = [aux_at] if isinstance(aux_at, str) else list(aux_at or [])
     for a in aux_at:
         if a not in t.outputs:

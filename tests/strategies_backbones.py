@@ -33,6 +33,7 @@ __all__ = [
     "aux_head_params",
     "backbone_configs",
     "build_backbone",
+    "expected_auto_aux_at",
     "expected_fed",
     "expected_param_delta",
     "hidden_width",
@@ -220,6 +221,18 @@ def expected_fed(cfg: BackboneConfig) -> dict[str, tuple[str, ...]]:
         if before:
             fed[before[-1]] += _attention_names(cfg, stage)
     return {h: tuple(v) for h, v in fed.items()}
+
+
+def expected_auto_aux_at(cfg: BackboneConfig) -> tuple[str, ...]:
+    """``aux_at="auto"`` on a toy backbone, by hand.
+
+    The stem and ``stage0`` keep the input size (one stage, ending at ``stage0``); every later
+    stage halves it. So the k stages end at ``stage0`` .. ``stage{k-1}``, the rule's preferred
+    heads are the ends of stages k-2 and k-1 (``stage{k-3}``, ``stage{k-2}``), and as every block
+    has attention, each of them conditions something and is kept.
+    """
+    k = len(cfg.widths)
+    return tuple(f"stage{i}" for i in range(max(k - 3, 0), k - 1))
 
 
 def expected_param_delta(cfg: BackboneConfig, *, conditioned: bool = True) -> int:
