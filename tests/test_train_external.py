@@ -10,6 +10,10 @@ import torch
 from torch import nn
 
 from condattn.cli import main
+from condattn.convert import get_config
+from condattn.models import register_model
+from condattn.models import registry as registry_module
+from condattn.nn import SqueezeExcite
 from condattn.train.build import build_model
 from condattn.train.config import ConfigError
 from condattn.train.recipe import config_from_dict, config_to_toml, load_recipe
@@ -139,16 +143,51 @@ def test_se_r_on_torchvision_mobilenet_v3_small() -> None:
     assert _n_aux(build_model(cfg, num_classes=10)) == 2
 
 
+def test_aux_at_auto_places_the_papers_two_heads_on_timm() -> None:
+    cfg = _cfg("model.arch=timm:seresnet18", "model.aux_at=auto", TINY_TIMM)
+    net = build_model(cfg, num_classes=10)
+    assert get_config(net).aux_at == ("layer2", "layer3")
+    assert _n_aux(net) == 2
+
+
+class _LateAttentionNet(nn.Module):
+    """Four stride stages with attention only after the last: "auto" places a single head."""
+
+    def __init__(self, *, num_classes: int = 10, r: int = 2) -> None:
+        super().__init__()
+        convs = [nn.Conv2d(3, 8, 3, 1, 1)] + [nn.Conv2d(8, 8, 3, s, 1) for s in (1, 2, 2, 2)]
+        self.stem, self.layer1, self.layer2, self.layer3, self.layer4 = convs
+        self.se = SqueezeExcite(8, r=r)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in (self.stem, self.layer1, self.layer2, self.layer3, self.layer4):
+            x = torch.relu(stage(x))
+        return self.fc(self.se(x).mean((2, 3)))
+
+
+def test_aux_at_auto_with_another_head_count_than_the_config_is_an_error(monkeypatch) -> None:
+    monkeypatch.setattr(registry_module, "_MODELS", dict(registry_module._MODELS))
+    register_model("late_attention_net")(_LateAttentionNet)
+    cfg = load_recipe(QUICK, [*EXTERNAL, "model.arch=late_attention_net", "model.aux_at=auto"])
+    with pytest.raises(ConfigError, match=r"placed 1 head\(s\).*\['layer3'\].*list model\.aux_at"):
+        build_model(cfg, num_classes=10)
+    cfg = load_recipe(
+        QUICK, [*EXTERNAL, "model.arch=late_attention_net", "aux_at=layer3", "aux_weights=[0.3]"]
+    )
+    assert _n_aux(build_model(cfg, num_classes=10)) == 1
+
+
 # --- the CLI ---------------------------------------------------------------------------------
 
 
-def test_cli_trains_timm_se_r_one_epoch_on_synthetic_data(tmp_path: Path) -> None:
+def test_cli_trains_timm_se_r_one_epoch_on_synthetic_data(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     sets = [
         *EXTERNAL,
         "model.arch=timm:seresnet18",
         "model.variant=se_r",
-        "model.aux_at=layer2,layer3",
+        "model.aux_at=auto",
         TINY_TIMM,
         "optim.epochs=1",
         "optim.batch_size=64",
@@ -159,9 +198,14 @@ def test_cli_trains_timm_se_r_one_epoch_on_synthetic_data(tmp_path: Path) -> Non
         "system.progress=off",
     ]
     assert main(["train", QUICK, "--synthetic", "--out", str(out), *_sets(sets)]) == 0
+    capsys.readouterr()
     res = json.loads((out / "results.json").read_text())
     assert res["final"]["epoch"] == 0 and 0.0 <= res["final"]["top1"] <= 100.0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and len(rows[0]["aux_losses"]) == 2
     model = json.loads((out / "config.json").read_text())["model"]
     assert model["arch"] == "timm:seresnet18" and model["kwargs"] == {"channels": [8, 16, 32, 64]}
+    assert model["aux_at"] == ["auto"]
+    # eval rebuilds the same model from the checkpoint's config and reproduces the test numbers
+    assert main(["eval", str(out / "checkpoint.pt"), "--synthetic"]) == 0
+    assert json.loads(capsys.readouterr().out)["test_top1"] == pytest.approx(rows[0]["test_top1"])

@@ -146,11 +146,12 @@ def build_model(cfg: TrainConfig, *, num_classes: int) -> nn.Module:
         init=m.cond_init,
         aux_model=aux_model,
     )
-    placed = get_config(converted).aux_at
-    if m.auto_aux_at and len(placed) + (aux_model is not None) != cfg.num_heads:
+    placed = get_config(converted)
+    if m.auto_aux_at and len(placed.aux_at) + (aux_model is not None) != cfg.num_heads:
         raise ConfigError(
-            f"model.aux_at='auto' placed {len(placed)} head(s) on {m.arch} ({list(placed)}), "
-            f"but the config expects {cfg.num_heads} aux output(s); list model.aux_at instead"
+            f"model.aux_at='auto' placed {len(placed.aux_at)} head(s) on {m.arch} "
+            f"({list(placed.aux_at)}: {placed.placement}), but the config "
+            f"expects {cfg.num_heads} aux output(s); list model.aux_at (and loss.aux_weights)"
         )
     return converted
 

@@ -64,7 +64,8 @@ class ModelConfig:
     # "se": plain SE-ResNet; "se_a": aux heads + loss only; "se_r": heads also feed attention.
     variant: str = "se_r"
     # Paper Fig. 2: heads after the second and third stages. Module names (see
-    # condattn.list_stages), or "auto" (two heads, placed by condattn.convert).
+    # condattn.list_stages), or "auto": condattn.convert places two heads from the graph's
+    # strides (a model where its rule places one needs the names listed).
     aux_at: tuple[str, ...] = ("layer2", "layer3")
     # Paper section 4: GoogLeNet's aux dropout of 0.7 (Table 5 sweeps it).
     aux_dropout: float = 0.7
