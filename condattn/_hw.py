@@ -1,0 +1,389 @@
+"""Hardware capabilities, and the speed choices made from them once at start-up (design §5).
+
+Three steps, each testable on its own:
+
+1. :func:`apply_thread_env` sets OpenMP's wait policy *before torch loads* (OpenMP reads its
+   environment when the library is loaded, so later settings do nothing). The ``condattn``
+   command calls it from ``condattn/__init__.py`` through :func:`apply_thread_env_for_cli`.
+2. :func:`detect` reads what the machine offers (:class:`Capabilities`): the device, the CPU's
+   bf16 instructions (``/proc/cpuinfo`` flags), CUDA bf16 support, and the cores this process may
+   really use (CPU affinity, cgroup v2 ``cpu.max`` or v1 CFS quota).
+3. :func:`decide` is one pure function of (capabilities, ``[system]`` config) that returns the
+   :class:`SpeedPlan`: precision, memory format, compile mode and thread count, each with the
+   reason. The training loop logs the plan in ``environment.json``; every ``"auto"`` can be
+   overridden in the recipe or with ``--set``.
+
+This module imports torch only inside functions, so it can run before torch is loaded.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CHANNELS_LAST",
+    "COMPILE_MODES",
+    "PRECISIONS",
+    "THREAD_ENV_DEFAULTS",
+    "Capabilities",
+    "SpeedPlan",
+    "apply_thread_env",
+    "apply_thread_env_for_cli",
+    "available_cores",
+    "cpu_flags",
+    "decide",
+    "detect",
+    "is_cli_process",
+    "thread_env_record",
+]
+
+# The vocabularies of the [system] keys decided here ("auto" = decide from the capabilities).
+PRECISIONS = ("auto", "fp32", "bf16")
+CHANNELS_LAST = ("auto", "on", "off")
+COMPILE_MODES = (
+    "auto",
+    "off",
+    "default",
+    "reduce-overhead",
+    "max-autotune",
+    "max-autotune-no-cudagraphs",
+)
+# CPU flags (/proc/cpuinfo) of instructions that run bf16 matrix maths natively: Intel AMX and
+# AVX512-BF16 (Intel Cooper Lake and later, AMD Zen 4 and later). Elsewhere bf16 is emulated.
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+# Set before torch loads unless the user set them. Threads that wait for work sleep instead of
+# spinning: on a machine shared with other busy processes, spinning threads steal the cores that
+# the thread being waited for needs, and a train step gets many times slower (docs/results.md,
+# "Speed"). KMP_BLOCKTIME is the same setting for Intel's OpenMP runtime.
+THREAD_ENV_DEFAULTS: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
+
+# What apply_thread_env did in this process (logged in environment.json).
+_THREAD_ENV: dict[str, Any] = {"applied": False, "set": {}, "torch_loaded_before": None}
+
+
+# --- 1. OpenMP environment, before torch loads -----------------------------------------------
+
+
+def apply_thread_env(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Sets :data:`THREAD_ENV_DEFAULTS` in ``environ`` (default ``os.environ``) where unset.
+
+    A variable the user has set (even to an empty string) is left alone. Call it before torch is
+    imported; when torch is already loaded it still sets the variables (child processes see
+    them) but they cannot change this process, and :func:`thread_env_record` says so.
+
+    Returns:
+        The variables it set, name -> value.
+    """
+    env = os.environ if environ is None else environ
+    new = {k: v for k, v in THREAD_ENV_DEFAULTS.items() if k not in env}
+    env.update(new)
+    if environ is None:
+        _THREAD_ENV.update(applied=True, torch_loaded_before="torch" in sys.modules)
+        _THREAD_ENV["set"] = {**_THREAD_ENV["set"], **new}
+    return new
+
+
+def is_cli_process(argv: Sequence[str], orig_argv: Sequence[str]) -> bool:
+    """Whether this process runs the ``condattn`` command (console script or ``-m condattn.cli``).
+
+    Args:
+        argv: ``sys.argv``.
+        orig_argv: ``sys.orig_argv`` (the interpreter's own command line, Python >= 3.10).
+    """
+    if argv and Path(argv[0]).name == "condattn":
+        return True
+    args = list(orig_argv)
+    return any(a == "-m" and args[i + 1 : i + 2] == ["condattn.cli"] for i, a in enumerate(args))
+
+
+def apply_thread_env_for_cli() -> dict[str, str]:
+    """:func:`apply_thread_env` when this process is the ``condattn`` command, else nothing.
+
+    ``condattn/__init__.py`` calls it first thing, so the command's settings precede torch's
+    import while a program that merely imports condattn keeps its own environment.
+    """
+    if not is_cli_process(sys.argv, getattr(sys, "orig_argv", ())):
+        return {}
+    return apply_thread_env()
+
+
+def thread_env_record(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The OpenMP-related environment now and what condattn set, for ``environment.json``."""
+    env = os.environ if environ is None else environ
+    names = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "KMP_BLOCKTIME", "GOMP_SPINCOUNT")
+    return {
+        "env": {k: env.get(k) for k in names},
+        "set_by_condattn": dict(_THREAD_ENV["set"]),
+        # True: set after torch loaded, so it did not apply to this process.
+        "torch_loaded_before": _THREAD_ENV["torch_loaded_before"],
+    }
+
+
+# --- 2. capabilities -------------------------------------------------------------------------
+
+
+def cpu_flags(cpuinfo: str) -> frozenset[str]:
+    """The CPU feature flags in the text of ``/proc/cpuinfo`` (x86 ``flags``, Arm ``Features``)."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def _cgroup_quota(cgroup_root: Path, proc_cgroup: str) -> tuple[float, str] | None:
+    """The CPU quota of this process's cgroup in cores (None: unlimited or unknown).
+
+    cgroup v2: ``cpu.max`` (``"max 100000"`` or ``"<quota> <period>"``) of the process's group
+    and its ancestors (the smallest wins). v1: ``cpu.cfs_quota_us / cpu.cfs_period_us`` (quota -1
+    is unlimited) under the ``cpu`` controller's mount.
+    """
+    best: tuple[float, str] | None = None
+    for line in proc_cgroup.splitlines():
+        _id, controllers, path = line.split(":", 2)
+        rel = path.strip().lstrip("/")
+        if controllers == "":  # v2 unified hierarchy
+            folders = [cgroup_root / rel, *(cgroup_root / rel).parents]
+            for folder in folders:
+                if not folder.is_relative_to(cgroup_root):
+                    break
+                parts = (_read(folder / "cpu.max") or "").split()
+                if len(parts) == 2 and parts[0] != "max":
+                    cores = int(parts[0]) / int(parts[1])
+                    if best is None or cores < best[0]:
+                        best = (cores, f"cgroup v2 cpu.max {parts[0]} {parts[1]}")
+        elif "cpu" in controllers.split(","):  # v1
+            for mount in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+                for folder in (cgroup_root / mount / rel, cgroup_root / mount):
+                    quota = (_read(folder / "cpu.cfs_quota_us") or "").strip()
+                    period = (_read(folder / "cpu.cfs_period_us") or "").strip()
+                    if quota and period and int(quota) > 0 and int(period) > 0:
+                        cores = int(quota) / int(period)
+                        if best is None or cores < best[0]:
+                            best = (cores, f"cgroup v1 cfs quota {quota} / period {period}")
+    return best
+
+
+def available_cores(
+    *,
+    affinity: set[int] | None = None,
+    cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup",
+    proc_cgroup: str | None = None,
+) -> tuple[int, str]:
+    """Cores this process may use: its CPU affinity, capped by a cgroup CPU quota.
+
+    A quota of ``q`` cores allows ``floor(q)`` threads (at least 1): more threads than the quota
+    get throttled in turn and wait for each other.
+
+    Args:
+        affinity: the allowed CPUs (default ``os.sched_getaffinity(0)``, else ``os.cpu_count()``).
+        cgroup_root: where the cgroup file systems are mounted.
+        proc_cgroup: the text of ``/proc/self/cgroup`` (default: read it).
+
+    Returns:
+        ``(cores, how)``: the count and a one-line explanation.
+    """
+    if affinity is None:
+        try:
+            affinity = os.sched_getaffinity(0)
+        except (AttributeError, OSError):  # pragma: no cover - macOS, Windows
+            affinity = set(range(os.cpu_count() or 1))
+    cores, how = max(1, len(affinity)), f"affinity {len(affinity)} CPUs"
+    if proc_cgroup is None:
+        proc_cgroup = _read(Path("/proc/self/cgroup")) or ""
+    quota = _cgroup_quota(Path(cgroup_root), proc_cgroup)
+    if quota is not None and math.floor(quota[0]) < cores:
+        cores, how = max(1, math.floor(quota[0])), f"{how}, {quota[1]} = {quota[0]:g} cores"
+    return cores, how
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the machine offers, as read by :func:`detect` (or built by hand in tests).
+
+    Attributes:
+        device: ``"cpu"`` or ``"cuda"``.
+        device_name: the GPU or CPU model.
+        cpu_flags: the CPU feature flags (``/proc/cpuinfo``).
+        cuda_bf16: the GPU runs bf16 natively (``torch.cuda.is_bf16_supported()``, Ampere+).
+        cores: cores this process may use (:func:`available_cores`).
+        cores_how: how ``cores`` was found.
+        omp_num_threads: ``OMP_NUM_THREADS`` as the user set it (None: unset).
+        local_world_size: processes per machine under torchrun (``LOCAL_WORLD_SIZE``).
+    """
+
+    device: str = "cpu"
+    device_name: str = ""
+    cpu_flags: frozenset[str] = frozenset()
+    cuda_bf16: bool = False
+    cores: int = 1
+    cores_how: str = ""
+    omp_num_threads: int | None = None
+    local_world_size: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["cpu_flags"] = sorted(f for f in self.cpu_flags if "bf16" in f or "avx" in f)
+        return d
+
+
+def _env_int(environ: Mapping[str, str], name: str) -> int | None:
+    try:
+        value = int(environ.get(name, ""))
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+def detect(device: Any = "cpu", *, environ: Mapping[str, str] | None = None) -> Capabilities:
+    """Reads the capabilities of this machine for a job on ``device``."""
+    import torch
+
+    from condattn._io import cpu_name
+
+    env = os.environ if environ is None else environ
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    cores, how = available_cores()
+    # OMP_NUM_THREADS counts as the user's only if condattn did not set it.
+    user_omp = None if "OMP_NUM_THREADS" in _THREAD_ENV["set"] else _env_int(env, "OMP_NUM_THREADS")
+    return Capabilities(
+        device=device.type,
+        device_name=torch.cuda.get_device_name(device) if cuda else cpu_name(),
+        cpu_flags=cpu_flags(_read(Path("/proc/cpuinfo")) or ""),
+        cuda_bf16=bool(cuda and torch.cuda.is_bf16_supported()),
+        cores=cores,
+        cores_how=how,
+        omp_num_threads=user_omp,
+        local_world_size=_env_int(env, "LOCAL_WORLD_SIZE") or 1,
+    )
+
+
+# --- 3. decisions ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpeedPlan:
+    """The speed choices of a run (:func:`decide`), each with its reason in ``why``.
+
+    Attributes:
+        precision: ``"bf16"`` (autocast to bfloat16 around forward and loss) or ``"fp32"``.
+        channels_last: models and batches in ``torch.channels_last`` memory format.
+        compile: a ``torch.compile`` mode, or ``"off"``.
+        threads: intra-op threads for ``torch.set_num_threads``.
+        why: key -> the reason for the choice.
+    """
+
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: str = "off"
+    threads: int = 1
+    why: dict[str, str] = field(default_factory=dict)
+
+    def autocast(self, device_type: str):
+        """The autocast context of the plan's precision (disabled for fp32)."""
+        import torch
+
+        bf16 = self.precision == "bf16"
+        return torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _precision(caps: Capabilities, asked: str) -> tuple[str, str]:
+    if asked not in PRECISIONS:
+        raise ValueError(f"precision={asked!r} is not valid; choose one of: {PRECISIONS}")
+    if asked != "auto":
+        return asked, "set in the config"
+    if caps.device == "cuda":
+        if caps.cuda_bf16:
+            return "bf16", "auto: the GPU runs bf16 natively"
+        return "fp32", "auto: the GPU has no native bf16"
+    native = sorted(set(CPU_BF16_FLAGS) & caps.cpu_flags)
+    if native:
+        return "bf16", f"auto: the CPU runs bf16 natively ({', '.join(native)})"
+    return "fp32", f"auto: the CPU has none of {', '.join(CPU_BF16_FLAGS)}"
+
+
+def _channels_last(caps: Capabilities, asked: str, precision: str) -> tuple[bool, str]:
+    if asked not in CHANNELS_LAST:
+        raise ValueError(f"channels_last={asked!r} is not valid; choose one of: {CHANNELS_LAST}")
+    if asked != "auto":
+        return asked == "on", "set in the config"
+    if caps.device == "cuda":
+        if precision == "bf16":
+            return True, "auto: bf16 convolutions on tensor cores want NHWC"
+        return False, "auto: fp32 on this GPU (no bf16), where NHWC does not pay"
+    return True, "auto: measured faster on CPU in fp32 and bf16 (docs/results.md, Speed)"
+
+
+def _compile(caps: Capabilities, asked: str) -> tuple[str, str]:
+    if asked not in COMPILE_MODES:
+        raise ValueError(f"compile={asked!r} is not valid; choose one of: {COMPILE_MODES}")
+    if asked != "auto":
+        return asked, "set in the config"
+    if caps.device == "cuda":
+        return "default", "auto: inductor fuses the elementwise work on GPU (no CUDA graphs)"
+    return "off", "auto: on CPU compiling costs minutes and did not pay (docs/results.md, Speed)"
+
+
+def _threads(caps: Capabilities, asked: int) -> tuple[int, str]:
+    if asked < 0:
+        raise ValueError(f"threads must be >= 0 (0 = auto), got {asked}")
+    if asked:
+        return asked, "set in the config"
+    if caps.omp_num_threads:
+        return caps.omp_num_threads, "auto: OMP_NUM_THREADS set by the user"
+    per_process = max(1, caps.cores // max(1, caps.local_world_size))
+    how = caps.cores_how or f"{caps.cores} cores"
+    if caps.local_world_size > 1:
+        how += f", shared by {caps.local_world_size} local processes"
+    return per_process, f"auto: the cores available ({how})"
+
+
+def decide(caps: Capabilities, system: Any) -> SpeedPlan:
+    """The speed choices for a run: a pure function of the capabilities and the config.
+
+    Args:
+        caps: the machine (:func:`detect`).
+        system: a ``[system]`` config with ``precision``, ``channels_last``, ``compile`` (strings
+            from :data:`PRECISIONS`, :data:`CHANNELS_LAST`, :data:`COMPILE_MODES`) and
+            ``threads`` (0 = auto).
+
+    Rules for ``"auto"``:
+
+    - precision: bf16 autocast where the hardware runs bf16 natively (a CUDA GPU with bf16
+      support; a CPU with AMX or AVX512-BF16), else fp32.
+    - channels_last: on for CPUs (measured faster in fp32 and bf16) and for GPUs in bf16.
+    - compile: ``"default"`` (inductor, no CUDA graphs) on CUDA, off on CPU (measured).
+    - threads: ``OMP_NUM_THREADS`` when the user set it, else the cores this process may use
+      (affinity and cgroup quota), divided among the local torchrun processes.
+
+    Raises:
+        ValueError: a value outside its vocabulary (the message lists the valid ones).
+    """
+    precision, why_p = _precision(caps, system.precision)
+    channels_last, why_c = _channels_last(caps, system.channels_last, precision)
+    compile_mode, why_m = _compile(caps, system.compile)
+    threads, why_t = _threads(caps, system.threads)
+    return SpeedPlan(
+        precision=precision,
+        channels_last=channels_last,
+        compile=compile_mode,
+        threads=threads,
+        why={"precision": why_p, "channels_last": why_c, "compile": why_m, "threads": why_t},
+    )

@@ -1,0 +1,239 @@
+"""Start-up speed choices (condattn._hw): capabilities parsing and the pure decision function."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from condattn import _hw
+from condattn._hw import Capabilities, available_cores, cpu_flags, decide
+
+REPO = Path(__file__).resolve().parents[1]
+
+CPUINFO_AMX = """processor : 0
+vendor_id : GenuineIntel
+model name : Intel(R) Xeon(R) Platinum 8480+
+flags : fpu vme sse sse2 avx avx2 avx512f avx512bw amx_bf16 amx_tile amx_int8
+"""
+CPUINFO_ZEN4 = "model name : AMD EPYC 9654\nflags : fpu sse2 avx2 avx512f avx512_bf16 avx512vl\n"
+CPUINFO_AVX2 = "model name : Intel(R) Core(TM) i7-8700\nflags : fpu sse2 avx avx2 fma\n"
+CPUINFO_ARM = "processor : 0\nFeatures : fp asimd evtstrm aes sha1 bf16\n"
+
+
+@dataclass(frozen=True)
+class System:
+    """The [system] keys decide() reads, defaulting to condattn's defaults."""
+
+    precision: str = "auto"
+    channels_last: str = "auto"
+    compile: str = "auto"
+    threads: int = 0
+
+
+def cpu(info: str, cores: int = 2, **kw) -> Capabilities:
+    return Capabilities(device="cpu", cpu_flags=cpu_flags(info), cores=cores, **kw)
+
+
+# --- precision ---------------------------------------------------------------------------------
+
+
+def test_cpuinfo_flags_are_parsed_for_x86_and_arm():
+    assert {"amx_bf16", "avx512f"} <= cpu_flags(CPUINFO_AMX)
+    assert "avx512_bf16" in cpu_flags(CPUINFO_ZEN4)
+    assert "bf16" in cpu_flags(CPUINFO_ARM)
+    assert cpu_flags("no flags here") == frozenset()
+
+
+@pytest.mark.parametrize("info", [CPUINFO_AMX, CPUINFO_ZEN4])
+def test_auto_precision_is_bf16_on_cpus_with_native_bf16(info):
+    plan = decide(cpu(info), System())
+    assert plan.precision == "bf16"
+    assert "natively" in plan.why["precision"]
+
+
+@pytest.mark.parametrize("info", [CPUINFO_AVX2, CPUINFO_ARM, ""])
+def test_auto_precision_is_fp32_without_amx_or_avx512_bf16(info):
+    assert decide(cpu(info), System()).precision == "fp32"
+
+
+@pytest.mark.parametrize(("bf16", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_on_cuda_follows_bf16_support(bf16, expected):
+    caps = Capabilities(device="cuda", cuda_bf16=bf16, cores=16)
+    assert decide(caps, System()).precision == expected
+
+
+def test_explicit_precision_overrides_the_hardware():
+    assert decide(cpu(CPUINFO_AMX), System(precision="fp32")).precision == "fp32"
+    plan = decide(cpu(CPUINFO_AVX2), System(precision="bf16"))
+    assert plan.precision == "bf16" and plan.why["precision"] == "set in the config"
+
+
+def test_bad_values_name_the_valid_choices():
+    with pytest.raises(ValueError, match="fp32"):
+        decide(cpu(""), System(precision="fp16"))
+    with pytest.raises(ValueError, match="max-autotune"):
+        decide(cpu(""), System(compile="fast"))
+    with pytest.raises(ValueError, match="auto"):
+        decide(cpu(""), System(channels_last="yes"))
+    with pytest.raises(ValueError, match=">= 0"):
+        decide(cpu(""), System(threads=-1))
+
+
+# --- memory format and compile -----------------------------------------------------------------
+
+
+def test_channels_last_auto_and_override():
+    assert decide(cpu(CPUINFO_AVX2), System()).channels_last is True
+    assert decide(Capabilities(device="cuda", cuda_bf16=True), System()).channels_last is True
+    assert decide(Capabilities(device="cuda", cuda_bf16=False), System()).channels_last is False
+    assert decide(cpu(CPUINFO_AMX), System(channels_last="off")).channels_last is False
+    assert decide(Capabilities(device="cuda"), System(channels_last="on")).channels_last is True
+
+
+def test_compile_auto_is_off_on_cpu_and_default_on_cuda():
+    assert decide(cpu(CPUINFO_AMX), System()).compile == "off"
+    assert decide(Capabilities(device="cuda", cuda_bf16=True), System()).compile == "default"
+    assert decide(cpu(""), System(compile="max-autotune")).compile == "max-autotune"
+
+
+# --- threads -----------------------------------------------------------------------------------
+
+
+def test_threads_default_to_the_available_cores():
+    plan = decide(cpu("", cores=6, cores_how="affinity 6 CPUs"), System())
+    assert plan.threads == 6
+    assert "affinity 6 CPUs" in plan.why["threads"]
+
+
+def test_threads_respect_the_config_then_omp_num_threads():
+    caps = cpu("", cores=8, omp_num_threads=3)
+    assert decide(caps, System()).threads == 3
+    assert decide(caps, System(threads=5)).threads == 5
+
+
+def test_threads_are_split_among_local_torchrun_processes():
+    assert decide(cpu("", cores=8, local_world_size=4), System()).threads == 2
+    assert decide(cpu("", cores=2, local_world_size=4), System()).threads == 1
+
+
+def test_available_cores_from_affinity_of_one_core(tmp_path):
+    assert available_cores(affinity={3}, cgroup_root=tmp_path, proc_cgroup="0::/")[0] == 1
+
+
+def _cgroup_v2(root: Path, rel: str, cpu_max: str) -> None:
+    folder = root / rel
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "cpu.max").write_text(cpu_max + "\n")
+
+
+def test_cgroup_v2_quota_caps_the_cores(tmp_path):
+    _cgroup_v2(tmp_path, "job", "50000 100000")
+    n, how = available_cores(affinity={0, 1, 2, 3}, cgroup_root=tmp_path, proc_cgroup="0::/job")
+    assert n == 1 and "50000 100000" in how
+    _cgroup_v2(tmp_path, "big", "250000 100000")
+    n, _ = available_cores(affinity=set(range(8)), cgroup_root=tmp_path, proc_cgroup="0::/big")
+    assert n == 2
+
+
+def test_cgroup_v2_unlimited_and_nested_limits(tmp_path):
+    _cgroup_v2(tmp_path, "a", "max 100000")
+    assert available_cores(affinity={0, 1}, cgroup_root=tmp_path, proc_cgroup="0::/a")[0] == 2
+    _cgroup_v2(tmp_path, "p", "100000 100000")  # the parent's limit binds the child
+    _cgroup_v2(tmp_path, "p/c", "max 100000")
+    assert available_cores(affinity={0, 1, 2}, cgroup_root=tmp_path, proc_cgroup="0::/p/c")[0] == 1
+
+
+def test_cgroup_v1_cfs_quota(tmp_path):
+    folder = tmp_path / "cpu,cpuacct" / "docker" / "x"
+    folder.mkdir(parents=True)
+    (folder / "cpu.cfs_quota_us").write_text("150000\n")
+    (folder / "cpu.cfs_period_us").write_text("100000\n")
+    text = "4:memory:/docker/x\n3:cpu,cpuacct:/docker/x\n"
+    assert available_cores(affinity=set(range(4)), cgroup_root=tmp_path, proc_cgroup=text)[0] == 1
+    (folder / "cpu.cfs_quota_us").write_text("-1\n")
+    assert available_cores(affinity=set(range(4)), cgroup_root=tmp_path, proc_cgroup=text)[0] == 4
+
+
+def test_available_cores_on_this_machine_is_positive():
+    n, how = available_cores()
+    assert n >= 1 and how
+
+
+# --- OpenMP environment ------------------------------------------------------------------------
+
+
+def test_thread_env_sets_passive_waiting_unless_the_user_set_it():
+    env: dict[str, str] = {}
+    assert _hw.apply_thread_env(env) == {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
+    env = {"OMP_WAIT_POLICY": "ACTIVE", "KMP_BLOCKTIME": ""}
+    assert _hw.apply_thread_env(env) == {}
+    assert env == {"OMP_WAIT_POLICY": "ACTIVE", "KMP_BLOCKTIME": ""}
+
+
+def test_cli_process_detection():
+    assert _hw.is_cli_process(["/venv/bin/condattn", "train"], ["python", "/venv/bin/condattn"])
+    assert _hw.is_cli_process(["-m"], ["python", "-u", "-m", "condattn.cli", "train"])
+    assert not _hw.is_cli_process(["script.py"], ["python", "script.py"])
+    assert not _hw.is_cli_process(["-m"], ["python", "-m", "pytest"])
+    assert not _hw.is_cli_process([], ["python", "-m"])
+
+
+def _child(script: Path, env_extra: dict[str, str] | None = None) -> str:
+    """Runs ``script`` in a fresh interpreter with a clean environment; its stdout."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), **(env_extra or {})}
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=120,
+    )
+    return out.stdout.strip()
+
+
+def test_cli_sets_the_env_before_torch_loads_and_keeps_the_users(tmp_path):
+    probe = tmp_path / "probe.py"
+    # Pose as `python -m condattn.cli`, import condattn as the command does, then report.
+    probe.write_text(
+        "import os, sys\n"
+        "sys.orig_argv = [sys.executable, '-m', 'condattn.cli']\n"
+        "import condattn\n"
+        "from condattn import _hw\n"
+        "rec = _hw.thread_env_record()\n"
+        "print(os.environ['OMP_WAIT_POLICY'], os.environ['KMP_BLOCKTIME'], "
+        "sorted(rec['set_by_condattn']), rec['torch_loaded_before'])\n"
+    )
+    out = _child(probe, {"KMP_BLOCKTIME": "5"})
+    assert out == "PASSIVE 5 ['OMP_WAIT_POLICY'] False"
+
+
+@pytest.mark.slow
+def test_importing_condattn_as_a_library_leaves_the_env_alone(tmp_path):
+    probe = tmp_path / "lib.py"
+    probe.write_text("import os, condattn\nprint(os.environ.get('OMP_WAIT_POLICY'))\n")
+    assert _child(probe) == "None"
+
+
+def test_plan_records_and_autocast():
+    import torch
+
+    plan = decide(cpu(CPUINFO_ZEN4), System())
+    d = plan.to_dict()
+    assert d["precision"] == "bf16" and set(d["why"]) == {
+        "precision",
+        "channels_last",
+        "compile",
+        "threads",
+    }
+    with plan.autocast("cpu"):
+        y = torch.nn.functional.linear(torch.randn(2, 3), torch.randn(4, 3))
+    assert y.dtype == torch.bfloat16
+    with decide(cpu(""), System(precision="fp32")).autocast("cpu"):
+        y = torch.nn.functional.linear(torch.randn(2, 3), torch.randn(4, 3))
+    assert y.dtype == torch.float32
+    assert "avx512_bf16" in cpu(CPUINFO_ZEN4).to_dict()["cpu_flags"]
