@@ -191,7 +191,7 @@ def decode_image(path: str | os.PathLike[str], *, size: int) -> np.ndarray:
     with Image.open(path) as img:
         img.load()  # decode fully here, so a truncated file fails here
         rgb = _resize_crop(_to_rgb(img), size)
-    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+    return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
 
 
 def _progress(total: int, desc: str, log: Callable[[str], None], show_bar: bool | None):

@@ -7,7 +7,9 @@ ratio in ``ratio``, a random integer position; else the centre crop clamped to `
 the CPU from a ``torch.Generator`` and vectorised over the batch. Each box is then resized back to
 the image size by one bilinear ``grid_sample`` for the batch: for output pixel ``k`` of ``S`` the
 source column is ``left + (k + 0.5) * width / S - 0.5`` (``F.interpolate``'s rule with
-``align_corners=False``), mirrored when flipped, so a full-image box is an exact identity.
+``align_corners=False``), mirrored when flipped. A full-image box reproduces the image up to
+float32 rounding of the normalised coordinates (below 1e-6 of the 0..1 range; exactly when the
+size is a power of two).
 
 As in :mod:`condattn.data.augment`, :meth:`sample_params` draws and :meth:`apply` applies, so the
 results are reproducible under a seed, identical across devices, and data-parallel ranks can draw
@@ -209,7 +211,7 @@ class BatchRandomResizedCrop(_BatchTransform):
         coef = coef.to(images.device, non_blocking=True).view(b, 4, 1, 1)
         u, v = self._base_grid(h_img, w_img, images.device)
         grid = self._scratch("grid", (b, h_img, w_img, 2), images.device)
-        # Written element-wise (not a matmul), so full boxes stay exact.
+        # Written element-wise (not a matmul), so TF32 settings cannot perturb the coordinates.
         grid[..., 0].copy_(coef[:, 1].expand(b, h_img, w_img)).addcmul_(coef[:, 0], u)
         grid[..., 1].copy_(coef[:, 3].expand(b, h_img, w_img)).addcmul_(coef[:, 2], v)
         src = self._scratch("src", tuple(images.shape), images.device).copy_(images)
