@@ -7,8 +7,6 @@
 
 # First, before anything loads torch: the `condattn` command's OpenMP settings.
 from condattn import _cli_env  # noqa: F401  # isort: skip
-# First, before anything loads torch: the `condattn` command's OpenMP settings.
-from condattn import _cli_env  # noqa: F401  # isort: skip
 from condattn import models, nn
 from condattn.convert import (
     ConversionError,
