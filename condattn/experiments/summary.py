@@ -302,8 +302,10 @@ def plot_error_curves(
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     try:
         for i, (v, runs) in enumerate(histories.items()):
             per_epoch: dict[int, list[float]] = {}
@@ -314,17 +316,16 @@ def plot_error_curves(
                 continue
             x = sorted(per_epoch)
             err = [np.asarray(per_epoch[e]) for e in x]
-            colour = f"C{i % 10}"
-            ax.plot(
-                x,
-                [e.mean() for e in err],
-                color=colour,
-                marker="o",
-                label=f"{LABELS[v]} (n={len(runs)})",
-            )
-            ax.fill_between(
-                x, [e.min() for e in err], [e.max() for e in err], color=colour, alpha=0.2
-            )
+            mean = np.array([e.mean() for e in err])
+            lo, hi = np.array([e.min() for e in err]), np.array([e.max() for e in err])
+            style = {"color": f"C{i % 10}", "marker": "o", "label": f"{LABELS[v]} (n={len(runs)})"}
+            if len(x) == 1:  # one epoch: a band has no width; min-max bars, side by side
+                dodge = 0.1 * (i - (len(histories) - 1) / 2)
+                ax.errorbar(np.add(x, dodge), mean, yerr=[mean - lo, hi - mean], capsize=4, **style)
+                ax.set(xticks=x, xlim=(x[0] - 0.5, x[0] + 0.5))
+            else:
+                ax.plot(x, mean, **style)
+                ax.fill_between(x, lo, hi, color=style["color"], alpha=0.2)
         ax.set(xlabel="epoch", ylabel="test top-1 error (%)", title=title or "test top-1 error")
         ax.grid(alpha=0.3)
         ax.legend(title="mean; band: min-max over seeds", fontsize="small")
