@@ -163,7 +163,7 @@ def test_analyze_command_on_run_checkpoint(tmp_path):
 
 
 def test_analyze_refuses_what_it_cannot_load(tmp_path, capsys):
-    base, conv = _pair()
+    _, conv = _pair()
     condattn.save(conv, tmp_path / "se_r.pt")
     out = ["--synthetic", "--n", "2", "--out", str(tmp_path / "out")]
     assert main(["analyze", str(tmp_path / "se_r.pt"), *out]) == 2
