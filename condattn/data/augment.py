@@ -58,9 +58,10 @@ class AugParams:
         """Selects samples, e.g. ``params[r * b : (r + 1) * b]`` for rank ``r``."""
         return AugParams(self.dx[index], self.dy[index], self.flip[index], self.angle[index])
 
-    def to(self, device: torch.device | str) -> AugParams:
-        """Returns the parameters on ``device``."""
-        return AugParams(*(t.to(device) for t in (self.dx, self.dy, self.flip, self.angle)))
+    def to(self, device: torch.device | str, *, non_blocking: bool = False) -> AugParams:
+        """Returns the parameters on ``device`` (``non_blocking``: no host sync on CUDA)."""
+        ts = (self.dx, self.dy, self.flip, self.angle)
+        return AugParams(*(t.to(device, non_blocking=non_blocking) for t in ts))
 
     @classmethod
     def identity(cls, n: int, *, padding: int = 4) -> AugParams:
@@ -326,7 +327,7 @@ class BatchAugment(_BatchTransform):
         """Crop + flip by integer gathers on uint8 (the rotation-free fast path)."""
         b, _, h, w = images.shape
         pad = self.padding
-        p = params.to(images.device)
+        p = params.to(images.device, non_blocking=True)  # no host sync per batch on a GPU
         padded = F.pad(images, (pad, pad, pad, pad)) if pad else images
         rows = p.dy.view(b, 1, 1) + torch.arange(h, device=images.device).view(1, h, 1)
         cols = torch.arange(w, device=images.device).view(1, 1, w)

@@ -60,7 +60,7 @@ class MetricSums:
             *(a.detach() * n for a in aux),
             top1,
             top5,
-            torch.tensor(n, device=self.sums.device),
+            torch.full((), n, device=self.sums.device),  # a fill, not a host copy: no sync
         ]
         self.sums += torch.stack([p.to(self.sums.device, torch.float64) for p in parts])
 
