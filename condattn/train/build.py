@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -10,12 +10,13 @@ from torch import Tensor, nn
 from condattn._io import derive_seed
 from condattn.convert import convert, get_config, list_attention
 from condattn.data import (
+    CIFAR100_MEAN,
+    CIFAR100_STD,
     BatchAugment,
-    CifarData,
-    CifarNotFoundError,
-    find_cifar100,
-    load_cifar100,
-    synthetic_cifar100,
+    BatchRandomResizedCrop,
+    ImageData,
+    LoadOptions,
+    load_dataset,
 )
 from condattn.losses import DeepSupervisionLoss
 from condattn.mappings import swappable_types
@@ -25,20 +26,13 @@ from condattn.train.config import ConfigError, TrainConfig
 
 __all__ = [
     "as_output",
+    "augment_kind",
     "build_augment",
     "build_loss",
     "build_model",
     "build_optimizer",
     "load_data",
 ]
-
-_NOT_FOUND = (
-    "no CIFAR-100 data found. Looked in $CONDATTN_DATA, ./data and ../shared/data (relative to "
-    "the working directory and to the repository root). Put cifar-100-python.tar.gz (or the "
-    "extracted cifar-100-python/ folder) in one of them, or pass --data DIR. --download fetches "
-    "the official archive into ./data (needs internet access); --synthetic trains on a small "
-    "synthetic set instead."
-)
 
 
 def _subset(images: Tensor, labels: Tensor, n: int, stream: str) -> tuple[Tensor, Tensor]:
@@ -51,55 +45,109 @@ def _subset(images: Tensor, labels: Tensor, n: int, stream: str) -> tuple[Tensor
 
 
 def load_data(
-    cfg: TrainConfig, *, root: str | None = None, synthetic: bool = False, download: bool = False
-) -> CifarData:
-    """Loads CIFAR-100 (or the synthetic stand-in) and applies ``data.train_subset/test_subset``.
+    cfg: TrainConfig,
+    *,
+    root: str | None = None,
+    synthetic: bool = False,
+    download: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> ImageData:
+    """Loads ``data.dataset`` (or the synthetic stand-in) and applies ``data.train_subset`` and
+    ``data.test_subset``.
 
     Args:
-        cfg: the run config.
-        root: overrides ``data.root``; None and an empty ``data.root`` search with
-            :func:`condattn.data.find_cifar100`.
-        synthetic: use an in-memory synthetic set of ``data.synthetic_train/test`` images.
-        download: fetch the archive when none is found (needs internet access).
+        cfg: the run config; ``[data]`` names the dataset and its options.
+        root: overrides ``data.root``; both empty: the dataset's search (see
+            :mod:`condattn.data.datasets`). A root that is given but missing is an error.
+        synthetic: use the in-memory synthetic set of ``data.synthetic_train/test`` images
+            (the same as ``data.dataset = "synthetic"``).
+        download: fetch the CIFAR archive when none is found (needs internet access).
+        log: progress lines of a first image-folder decoding (default: stderr).
+
+    Returns:
+        :class:`~condattn.data.ImageData`; a subset keeps the full train split's mean/std.
 
     Raises:
-        CifarNotFoundError: nothing found; the message says where to put the data.
+        condattn.data.DataNotFoundError: nothing found; the message says where it looked.
+        condattn.data.DataError: unusable data; the message names the file and the fix.
     """
-    if synthetic:
-        data = synthetic_cifar100(
-            n_train=cfg.data.synthetic_train, n_test=cfg.data.synthetic_test, seed=0
-        )
-    else:
-        where = root or cfg.data.root or find_cifar100()
-        if where is None and download:
-            where = Path("data")
-        if where is None:
-            raise CifarNotFoundError(_NOT_FOUND)
-        data = load_cifar100(where, download=download)
-    train_x, train_y = _subset(data.train_images, data.train_labels, cfg.data.train_subset, "tr")
-    test_x, test_y = _subset(data.test_images, data.test_labels, cfg.data.test_subset, "te")
+    d = cfg.data
+    options = LoadOptions(
+        root=root or d.root or None,
+        download=download,
+        image_size=0 if synthetic else d.image_size,  # --synthetic: 32 px for any recipe
+        val_fraction=d.val_fraction,
+        split_seed=d.split_seed,
+        skip_bad_images=d.skip_bad_images,
+        workers=d.decode_workers,
+        n_train=d.synthetic_train,
+        n_test=d.synthetic_test,
+        seed=0,
+        log=log,
+    )
+    data = load_dataset("synthetic" if synthetic else d.dataset, options)
+    train_x, train_y = _subset(data.train_images, data.train_labels, d.train_subset, "tr")
+    test_x, test_y = _subset(data.test_images, data.test_labels, d.test_subset, "te")
     if (train_x.shape[0], test_x.shape[0]) == (
         data.train_images.shape[0],
         data.test_images.shape[0],
     ):
         return data
     source = f"{data.source} [subset: {train_x.shape[0]} train, {test_x.shape[0]} test]"
-    return CifarData(train_x, train_y, test_x, test_y, data.classes, source)
+    return data.replace(
+        train_images=train_x,
+        train_labels=train_y,
+        test_images=test_x,
+        test_labels=test_y,
+        source=source,
+    )
 
 
-def build_augment(cfg: TrainConfig, *, train: bool) -> BatchAugment:
-    """The paper's augmentation (crop+flip+rotation, normalise) or normalise-only for eval."""
+def augment_kind(augment: str, image_size: tuple[int, int]) -> str:
+    """``data.augment`` resolved: "auto" is "paper" up to 32 px and "rrc" above.
+
+    The paper's pad-4 crop and +-15 deg rotation are the CIFAR (32 px) recipe; larger images
+    get the ImageNet recipe (random resized crop + flip).
+    """
+    if augment == "auto":
+        return "paper" if max(image_size) <= 32 else "rrc"
+    if augment not in ("paper", "rrc"):
+        raise ConfigError(f"data.augment={augment!r}; valid: ['auto', 'paper', 'rrc']")
+    return augment
+
+
+def build_augment(
+    cfg: TrainConfig, *, train: bool, data: ImageData | None = None
+) -> BatchAugment | BatchRandomResizedCrop:
+    """The train augmentation (``data.augment``) or normalise-only for eval.
+
+    Normalisation uses the dataset's train-split mean/std (``data.normalize = "mean"``: the
+    mean only, as the paper says). Eval needs no resize: images are stored at their size.
+
+    Args:
+        cfg: the run config.
+        train: the train augmentation; else normalisation only.
+        data: the loaded dataset, for its mean/std and image size. None: CIFAR-100's published
+            mean/std and 32 px (what runs used before datasets carried their statistics).
+    """
     d = cfg.data
-    cl = cfg.system.channels_last
+    mean = data.mean if data is not None else CIFAR100_MEAN
+    std = data.std if data is not None else CIFAR100_STD
+    if d.normalize == "mean":
+        std = (1.0,) * len(mean)
+    common = {"mean": mean, "std": std, "channels_last": cfg.system.channels_last}
     if not train:
-        return BatchAugment.eval_transform(channels_last=cl)
+        return BatchAugment.eval_transform(**common)
+    size = data.image_size if data is not None else (32, 32)
+    if augment_kind(d.augment, size) == "rrc":
+        return BatchRandomResizedCrop(size=size, scale=tuple(d.rrc_scale), flip=d.flip, **common)
     return BatchAugment(
         crop=d.crop,
         padding=d.padding,
         flip=d.flip,
         rotate=d.rotate,
         max_angle=d.max_angle,
-        channels_last=cl,
+        **common,
     )
 
 

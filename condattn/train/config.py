@@ -124,7 +124,12 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    # Folder or archive with CIFAR-100; empty = search with find_cifar100 (../shared/data etc.).
+    # Which loader in condattn.data.DATASETS: "cifar100" (the paper's data), "cifar10",
+    # "imagefolder" (root/train/<class>/ and root/val/<class>/) or "synthetic" (smoke runs).
+    dataset: str = "cifar100"
+    # Folder or archive with the data; empty = search ($CONDATTN_DATA, else ./data and
+    # ../shared/data) for CIFAR, $CONDATTN_DATA for image folders. A path that is set but
+    # missing is an error, never skipped for another folder.
     root: str = ""
     # Train on a fixed random subset of this many images (0 = all 50k); for quick CPU runs.
     train_subset: int = 0
@@ -139,6 +144,30 @@ class DataConfig:
     # Sizes of the in-memory synthetic set used by ``train --synthetic``.
     synthetic_train: int = 1000
     synthetic_test: int = 200
+    # Image folders: side of the stored square images (shorter side resized, centre crop), the
+    # size the model sees; 0 = the dataset's own (32 for CIFAR; image folders must set it).
+    image_size: int = 0
+    # Image folders: 0 = evaluate on root/val/; else hold out this share of every class
+    # (stratified) when the root has class folders only.
+    val_fraction: float = 0.0
+    # Seeds that held-out split; separate from system.seed so that every run of a comparison
+    # is evaluated on the same images.
+    split_seed: int = 0
+    # Image folders: skip unreadable images (counted in the data source line) instead of
+    # stopping at the first with its name; off so that a damaged dataset is noticed.
+    skip_bad_images: bool = False
+    # Image folders: threads that decode the images once into the cache; 0 = one per core.
+    decode_workers: int = 0
+    # Train augmentation: "paper" (pad-4 crop, flip, +-15 deg rotation; section 4), "rrc"
+    # (random resized crop + flip, the ImageNet recipe) or "auto" (paper for images of at most
+    # 32 px, rrc above: the paper's crop is tuned to 32 px images).
+    augment: str = "auto"
+    # rrc: the range of the crop's share of the image area (torchvision/ImageNet: 0.08 to 1).
+    rrc_scale: tuple[float, ...] = (0.08, 1.0)
+    # "mean_std": (x - mean) / std per channel, the usual PyTorch recipe and what every run so
+    # far used; "mean": mean subtraction only, as the paper states (section 4). Both use the
+    # train split's statistics.
+    normalize: str = "mean_std"
 
 
 @dataclass(frozen=True)
@@ -218,6 +247,9 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("model", "cond"): CONDS,
     ("system", "device"): DEVICES,
     ("system", "progress"): ("auto", "on", "off"),
+    ("data", "dataset"): ("cifar100", "cifar10", "imagefolder", "synthetic"),
+    ("data", "augment"): ("auto", "paper", "rrc"),
+    ("data", "normalize"): ("mean_std", "mean"),
 }
 
 
@@ -274,4 +306,19 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"optim.warmup_epochs must lie in [0, epochs], got {o.warmup_epochs}")
     if min(cfg.data.train_subset, cfg.data.test_subset, cfg.system.threads) < 0:
         raise ConfigError("data.train_subset, data.test_subset and system.threads must be >= 0")
+    _check_data(cfg.data)
     return cfg
+
+
+def _check_data(d: DataConfig) -> None:
+    """The [data] ranges that the loaders would otherwise refuse only after a long decoding."""
+    if d.image_size < 0 or d.decode_workers < 0:
+        raise ConfigError("data.image_size and data.decode_workers must be >= 0")
+    if d.dataset == "imagefolder" and d.image_size == 0:
+        raise ConfigError('data.dataset = "imagefolder" needs data.image_size (e.g. 64 or 224)')
+    if d.dataset != "imagefolder" and d.image_size not in (0, 32):
+        raise ConfigError(f"data.image_size applies to image folders; {d.dataset} images are 32 px")
+    if not 0.0 <= d.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must lie in [0, 1), got {d.val_fraction}")
+    if len(d.rrc_scale) != 2 or not 0.0 < d.rrc_scale[0] <= d.rrc_scale[1] <= 1.0:
+        raise ConfigError(f"data.rrc_scale must be [min, max], 0 < min <= max <= 1: {d.rrc_scale}")
