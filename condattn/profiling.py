@@ -17,6 +17,18 @@ Three MAC counters, all on a deep copy in eval mode, so the caller's model never
   everything else               0 (ReLU, Sigmoid, Dropout, pooling maxes, functional ops)
   ============================  ==========================================================
 
+  One extension (ours, not thop's): a learned map run as a *function call* on a parameter is
+  counted with the same rules, attributed to the module that owns the weight. Twins such as
+  :class:`~condattn.nn.CondCoordAttn`, :class:`~condattn.nn.CondLinear` (the inline-SE twin)
+  and the timm twins built on ``cond_conv1x1`` compute their widened first layer
+  ``W [T; g] = W_g g + W_T T`` that way (no broadcast copy of T), so a module hook never sees
+  it. Counted: ``conv{1,2,3}d`` (the conv rule) and ``linear`` / ``matmul`` / ``mm`` (the Linear
+  rule: inner dim x out elements) whose weight is a parameter or a view of one, outside a
+  module that a rule above already counts. The ``W_T T`` term is counted once per sample, as
+  it is computed, not once per position. Products of two activations (attention maps) stay
+  at 0, as in thop 0.0.31. Modules built from ``nn`` layers alone (the paper's SE-ResNets, SE-R
+  included) make no such call, so Table 2 is unchanged.
+
 - ``rules="thop"``: the installed thop (0.1.x, ``thop.profile``). Its rules differ from 0.0.31:
   convs ignore the bias (``out elements x Cin/groups x prod(k)``), affine BatchNorm counts
   ``4 x elements``, and it sees only modules that ran; Linear and adaptive pooling count as above.
@@ -34,6 +46,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 __all__ = ["MAC_RULES", "count_macs", "count_params", "mac_breakdown"]
 
@@ -108,10 +121,69 @@ def _dummy_input(model: nn.Module, input_size: Sequence[int]) -> Tensor:
     return torch.randn(*input_size, device=device, dtype=dtype)
 
 
+def _conv_call(weight: Tensor, bias: Tensor | None, out: Tensor) -> int:
+    return out.numel() * (math.prod(weight.shape[1:]) + (1 if bias is not None else 0))
+
+
+def _inner_dim_call(a: Tensor, out: Tensor) -> int:
+    return a.shape[-1] * out.numel()  # the Linear rule: in features x out elements
+
+
+class _FunctionalMaps(TorchFunctionMode):
+    """Counts learned maps run as function calls (see the module docstring), per weight owner.
+
+    ``owners`` maps ``id(parameter)`` to its module's name; ``depth`` > 0 while a module counted
+    by a rule runs (its own ``F.conv2d`` / ``F.linear`` call is already counted by the hook).
+    """
+
+    _CONV = (torch.conv1d, torch.conv2d, torch.conv3d)
+    _LINEAR = (torch.nn.functional.linear,)
+    _MATMUL = (torch.matmul, Tensor.matmul, Tensor.__matmul__, torch.mm, Tensor.mm)
+
+    def __init__(self, owners: dict[int, str], counts: dict[str, int]):
+        super().__init__()
+        self.owners = owners
+        self.counts = counts
+        self.depth = 0
+
+    def _owner(self, t: object) -> str | None:
+        if not isinstance(t, Tensor):
+            return None
+        base = t if t._base is None else t._base  # a view's _base is its root tensor
+        return self.owners.get(id(base))
+
+    def _add(self, name: str | None, macs: int) -> None:
+        if name is not None:
+            self.counts[name] = self.counts.get(name, 0) + int(macs)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.depth or not isinstance(out, Tensor):
+            return out
+        if func in self._CONV:
+            weight = args[1] if len(args) > 1 else kwargs["weight"]
+            bias = args[2] if len(args) > 2 else kwargs.get("bias")
+            self._add(self._owner(weight), _conv_call(weight, bias, out))
+        elif func in self._LINEAR:
+            weight = args[1] if len(args) > 1 else kwargs["weight"]
+            self._add(self._owner(weight), _inner_dim_call(args[0], out))
+        elif func in self._MATMUL and len(args) == 2:
+            a, b = args
+            self._add(self._owner(b) or self._owner(a), _inner_dim_call(a, out))
+        return out
+
+
 def mac_breakdown(model: nn.Module, input_size: Sequence[int] = (1, 3, 32, 32)) -> dict[str, int]:
-    """Paper-rule MACs per leaf module (qualified name -> MACs), on a copy in eval mode."""
+    """Paper-rule MACs per module (qualified name -> MACs), on a copy in eval mode.
+
+    Keys are leaf modules with a rule, plus the owners of weights used in function calls (see
+    the module docstring), e.g. a ``CondCoordAttn``'s ``conv1`` or a ``CondLinear``.
+    """
     model = copy.deepcopy(model).eval()
     counts: dict[str, int] = {}
+    owners = {id(p): n.rpartition(".")[0] for n, p in model.named_parameters()}
+    functional = _FunctionalMaps(owners, counts)
     handles = []
     for name, m in model.named_modules():
         if next(m.children(), None) is not None:
@@ -120,12 +192,17 @@ def mac_breakdown(model: nn.Module, input_size: Sequence[int] = (1, 3, 32, 32)) 
         if rule is None:
             continue
 
+        def pre_hook(mod, inp):
+            functional.depth += 1
+
         def hook(mod, inp, out, _name=name, _rule=rule):
+            functional.depth -= 1
             counts[_name] = counts.get(_name, 0) + int(_rule(mod, inp, _first(out)))
 
+        handles.append(m.register_forward_pre_hook(pre_hook))
         handles.append(m.register_forward_hook(hook))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), functional:
             model(_dummy_input(model, input_size))
     finally:
         for h in handles:

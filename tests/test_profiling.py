@@ -16,8 +16,9 @@ from helpers import assert_state_dict_equal, state_dict_snapshot
 from reference import ref_se_r_resnet
 from torch import nn
 
+import condattn
 from condattn.models import Bottleneck, create_model
-from condattn.nn import AuxHead, SqueezeExcite
+from condattn.nn import AuxHead, CondCoordAttn, CondLinear, CoordAttn, SqueezeExcite
 from condattn.profiling import MAC_RULES, count_macs, count_params, mac_breakdown
 
 PAPER_INPUT = (1, 3, 32, 32)
@@ -252,6 +253,117 @@ def test_flop_counter_agrees_with_paper_rules_on_bias_free_convs_and_linears() -
     assert count_macs(model, (2, 3, 8, 8), rules="flop_counter") == count_macs(
         model, (2, 3, 8, 8), rules="paper"
     )
+
+
+# --- learned maps run as function calls (the twins' widened first layer) -----------------------
+
+
+class _WithCond(nn.Module):
+    """Feeds a fixed T (a buffer, not a parameter) to a twin, so count_macs can run it."""
+
+    def __init__(self, twin: nn.Module, n: int, batch: int):
+        super().__init__()
+        self.twin = twin
+        self.register_buffer("t", torch.randn(batch, n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.twin(x, self.t)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_cond_linear_counts_its_functional_map_like_a_linear_on_t_and_z(batch: int) -> None:
+    n, c, rd = 5, 12, 4
+    net = _WithCond(CondLinear.from_module(nn.Linear(c, rd), cond_dim=n), n, batch)
+    # F.linear on z: C x rd per sample; W_T T: n x rd per sample = Linear(n + C, rd) on [T; z]
+    assert mac_breakdown(net, (batch, c)) == {"twin": batch * (c + n) * rd}
+
+
+def test_cond_linear_conv_counts_the_conv_rule_plus_t_once_per_sample() -> None:
+    n, c, rd, hw = 5, 12, 4, 3
+    net = _WithCond(CondLinear.from_module(nn.Conv2d(c, rd, 1), cond_dim=n), n, 2)
+    conv = 2 * rd * hw * hw * (c + 1)  # out elements x (Cin + bias)
+    assert count_macs(net, (2, c, hw, hw)) == conv + 2 * n * rd
+
+
+def test_cond_coord_attn_counts_its_shared_conv_by_hand() -> None:
+    n, c, h, w = 6, 16, 4, 5
+    twin = CondCoordAttn.from_module(CoordAttn(c, rd_channels=8), cond_dim=n)
+    mip = 8
+    hand = {
+        "twin.conv1": mip * (h + w) * (c + 1) + n * mip,  # W1_U pool(U) + b, then W1_T T once
+        "twin.bn1": 2 * mip * (h + w),
+        "twin.conv_h": c * h * (mip + 1),
+        "twin.conv_w": c * w * (mip + 1),
+    }
+    assert mac_breakdown(_WithCond(twin, n, 1), (1, c, h, w)) == hand
+
+
+def test_conditioning_adds_exactly_w1_t_per_fed_coord_attn_block() -> None:
+    """CA-R minus CA-A: n x mip per conditioned block (the old counter gave CA-R *fewer* MACs)."""
+    base = create_model("ca_resnet18", num_classes=10, widths=(8, 16, 32, 64))
+    se_a = condattn.convert(base, ["layer2", "layer3"], conditioned=False)
+    se_r = condattn.convert(base, ["layer2", "layer3"])
+    fed = [m for m in se_r.modules() if isinstance(m, CondCoordAttn)]
+    assert fed, "nothing was conditioned"
+    delta = sum(10 * m.conv1.out_channels for m in fed)
+    size = (1, 3, 32, 32)
+    assert count_macs(se_r, size) - count_macs(se_a, size) == delta
+
+
+class _InlineSE(nn.Module):
+    """An SE written inline (no SE module), as converted to a CondLinear; conv or linear W1."""
+
+    def __init__(self, c: int, conv: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+        make = (lambda i, o: nn.Conv2d(i, o, 1)) if conv else nn.Linear
+        self.fc1, self.fc2 = make(c, c // 2), make(c // 2, c)
+        self.is_conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = self.conv(x)
+        if self.is_conv:
+            s = torch.sigmoid(self.fc2(torch.relu(self.fc1(u.mean((2, 3), keepdim=True)))))
+        else:
+            z = torch.nn.functional.adaptive_avg_pool2d(u, 1).flatten(1)
+            s = torch.sigmoid(self.fc2(torch.relu(self.fc1(z)))).view(u.shape[0], -1, 1, 1)
+        return x + u * s
+
+
+class _InlineNet(nn.Module):
+    def __init__(self, c: int = 8, n: int = 10):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.b1, self.b2, self.b3 = _InlineSE(c, False), _InlineSE(c, True), _InlineSE(c, False)
+        self.fc = nn.Linear(c, n)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.b3(self.b2(self.b1(self.stem(x)))).mean((2, 3)))
+
+
+def test_conditioning_adds_exactly_w1_t_per_fed_inline_se() -> None:
+    model = _InlineNet()
+    se_a = condattn.convert(model, ["b1"], conditioned=False)
+    se_r = condattn.convert(model, ["b1"])
+    fed = [m for m in se_r.modules() if isinstance(m, CondLinear)]
+    assert len(fed) == 2
+    size = (1, 3, 16, 16)
+    assert count_macs(se_r, size) - count_macs(se_a, size) == 2 * 10 * 4  # n x C/r each
+
+
+class _Functional(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 3, 3, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.nn.functional.conv2d(x, self.weight, padding=1)  # (B, 4, 8, 8)
+        a = y.flatten(2)  # (B, 4, 64)
+        return a @ a.transpose(1, 2)  # two activations: an attention map, not a learned map
+
+
+def test_functional_conv_on_a_parameter_counts_and_activation_products_do_not() -> None:
+    assert mac_breakdown(_Functional(), (2, 3, 8, 8)) == {"": 2 * 4 * 64 * 27}
 
 
 # --- count_params ----------------------------------------------------------------------------
