@@ -17,12 +17,13 @@ from condattn.convert import (
     get_config,
     list_attention,
     list_stages,
+    logits_only,
 )
 from condattn.losses import DeepSupervisionLoss, LossParts
 from condattn.mappings import get_attention_mapping, register_attention, unregister_attention
 from condattn.outputs import CondOutput
 from condattn.profiling import count_macs, count_params
-from condattn.serialization import load, save
+from condattn.serialization import LoadResult, load, load_base_state_dict, save
 
 __version__ = "0.1.0"
 
@@ -31,6 +32,7 @@ __all__ = [
     "ConversionError",
     "ConvertConfig",
     "DeepSupervisionLoss",
+    "LoadResult",
     "LossParts",
     "Placement",
     "auto_aux_at",
@@ -42,6 +44,8 @@ __all__ = [
     "list_attention",
     "list_stages",
     "load",
+    "load_base_state_dict",
+    "logits_only",
     "models",
     "nn",
     "register_attention",

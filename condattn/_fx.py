@@ -27,15 +27,21 @@ class _CondTracer(fx.Tracer):
 
     Like torchvision's ``NodePathTracer``, it keeps the module scope so that a failure names the
     module being traced.
+
+    Every argument has a default because fx pickles the tracer *class* with a GraphModule and
+    calls ``_CondTracer()`` to re-trace its code when ``torch.load`` unpickles it (every module is
+    a leaf then). By default timm's "do not trace" functions stay wrapped, as when converting.
     """
 
     def __init__(
         self,
         *,
-        leaf_types: tuple[type[nn.Module], ...],
+        leaf_types: tuple[type[nn.Module], ...] = (),
         leaf_names: Iterable[str] = (),
-        autowrap_functions: Sequence[Any] = (),
+        autowrap_functions: Sequence[Any] | None = None,
     ):
+        if autowrap_functions is None:
+            autowrap_functions = _timm_fx_extras()[1]
         super().__init__(autowrap_functions=tuple(autowrap_functions))
         self.leaf_types = leaf_types
         self.leaf_names = set(leaf_names)

@@ -42,6 +42,7 @@ __all__ = [
     "get_config",
     "list_attention",
     "list_stages",
+    "logits_only",
 ]
 
 CONDS = ("logits", "probs")
@@ -82,16 +83,51 @@ class ConvertConfig:
         return cls(**d)
 
 
+_CONFIG = "condattn_config"  # gm.meta key of the ConvertConfig
+_SWAPS = "condattn_swaps"  # gm.meta key of the _Swaps (how each twin was built)
+
+
+def _record(gm: fx.GraphModule, key: str, value: Any) -> None:
+    """Keep ``value`` in ``gm.meta[key]`` and, because fx does not pickle ``meta`` (it rebuilds
+    the GraphModule from its code), also as a plain attribute that ``torch.load`` restores."""
+    gm.meta[key] = value
+    gm.__dict__["_" + key] = value
+
+
+def _recorded(model: nn.Module, key: str) -> Any:
+    if not isinstance(model, fx.GraphModule):
+        return None
+    value = model.meta.get(key)
+    if value is None:
+        value = model.__dict__.get("_" + key)
+        if value is not None:  # unpickled by torch.load: put it back where it belongs
+            model.meta[key] = value
+    return value
+
+
 def get_config(model: nn.Module) -> ConvertConfig:
     """The :class:`ConvertConfig` of a converted model."""
-    cfg = (
-        getattr(model, "meta", {}).get("condattn_config")
-        if isinstance(model, fx.GraphModule)
-        else None
-    )
+    cfg = _recorded(model, _CONFIG)
     if cfg is None:
         raise ValueError("this model was not made by condattn.convert")
     return cfg
+
+
+@dataclass(frozen=True)
+class _Swap:
+    """How one twin was built, so that its source's weights can be mapped onto it later
+    (:func:`condattn.load_base_state_dict`)."""
+
+    source: nn.Module  # a copy of the source module on the meta device (no memory)
+    build: Builder
+    channels: int
+    cond_dim: int
+
+
+def swaps_of(model: nn.Module) -> dict[str, _Swap]:
+    """Module path -> :class:`_Swap` of every twin that :func:`convert` put in ``model``."""
+    get_config(model)
+    return dict(_recorded(model, _SWAPS) or {})
 
 
 # --- what the steps pass to each other ---------------------------------------------------------
@@ -132,6 +168,7 @@ class _Traced:
     attention: dict[str, _Attention]  # attention name -> site, in network order
     input: fx.Node
     logits: fx.Node
+    like: dict[str, Any]  # device and dtype of the model's parameters: new modules follow them
 
     def order(self) -> dict[fx.Node, int]:
         return {n: i for i, n in enumerate(self.gm.graph.nodes)}
@@ -148,7 +185,7 @@ class _Head:
 
 
 def _check_not_converted(model: nn.Module, mapping: Mapping[type[nn.Module], Any]) -> None:
-    if isinstance(model, fx.GraphModule) and "condattn_config" in getattr(model, "meta", {}):
+    if _recorded(model, _CONFIG) is not None:
         raise ConversionError(
             "this model is already converted (it has a condattn config); convert the original "
             "model instead, or load a saved conversion with condattn.load(path, base_model)"
@@ -226,6 +263,12 @@ def _default_example(model: nn.Module) -> torch.Tensor:
     return torch.zeros(1, cin, 32, 32, **kw)
 
 
+def _like(module: nn.Module) -> dict[str, Any]:
+    """``device`` and ``dtype`` of a module's first floating-point parameter (or nothing)."""
+    p = next((p for p in module.parameters() if p.is_floating_point()), None)
+    return {"device": p.device, "dtype": p.dtype} if p is not None else {}
+
+
 def _in_channels(node: fx.Node) -> int | None:
     arg = node.args[0] if node.args else None
     shape = _fx.node_shape(arg) if isinstance(arg, fx.Node) else None
@@ -293,7 +336,8 @@ def _trace(
         for name, node in res.module_outputs.items()
         if name and (s := _fx.node_shape(node)) is not None and len(s) == 4
     }
-    return _Traced(gm, outputs, _collect_attention(gm, mapping), placeholders[0], logits)
+    attention = _collect_attention(gm, mapping)
+    return _Traced(gm, outputs, attention, placeholders[0], logits, _like(model))
 
 
 def _unknown(kind: str, name: str, valid: Sequence[str], hint: str) -> ConversionError:
@@ -301,6 +345,17 @@ def _unknown(kind: str, name: str, valid: Sequence[str], hint: str) -> Conversio
     shown = ", ".join(valid[:40]) + (f", ... ({len(valid)} in all)" if len(valid) > 40 else "")
     did = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
     return ConversionError(f"unknown {kind} {name!r}.{did} Valid choices: {shown}. {hint}")
+
+
+def _num_classes(t: _Traced, given: int | None) -> int:
+    """n, the length of T: the logits' width; a ``num_classes=`` that disagrees is an error."""
+    traced = int(_fx.node_shape(t.logits)[1])
+    if given is not None and given != traced:
+        raise ConversionError(
+            f"num_classes={given}, but the model's logits have {traced} classes (traced shape "
+            f"{tuple(_fx.node_shape(t.logits))}); pass num_classes={traced} or leave it out"
+        )
+    return traced
 
 
 def _resolve_aux_at(t: _Traced, opts: _Options) -> _Options:
@@ -379,7 +434,7 @@ def _insert_heads(
         while target in used:
             target = "_" + target
         head = AuxHead(_fx.node_shape(stage)[1], n, dropout=opts.aux_dropout, **opts.aux_head)
-        gm.add_submodule(target, head)
+        gm.add_submodule(target, head.to(**t.like))
         with graph.inserting_after(stage):
             outs.append((name, graph.call_module(target, (stage,))))
     return [_Head(name, out, _cond_of(graph, out, opts)) for name, out in outs]
@@ -463,9 +518,11 @@ def _route(
 
 def _swap(
     t: _Traced, heads: Sequence[_Head], routing: Mapping[str, Sequence[str]], *, n: int, init: str
-) -> None:
-    """Replace each routed attention module by its twin; every call of it gets T appended."""
+) -> dict[str, _Swap]:
+    """Replace each routed attention module by its twin (on its source's device and dtype);
+    every call of it gets T appended. Returns how each twin was built."""
     gm = t.gm
+    swaps: dict[str, _Swap] = {}
     calls: dict[str, list[fx.Node]] = {}
     for x in gm.graph.nodes:
         if x.op == "call_module":
@@ -478,9 +535,12 @@ def _swap(
                 raise ConversionError(f"the input of attention {att!r} has no traced channel count")
             src = gm.get_submodule(site.node.target)
             twin = site.build(src, channels=site.channels, cond_dim=n, init=init)
-            _fx.replace_submodule(gm, site.node.target, twin)
+            _fx.replace_submodule(gm, site.node.target, twin.to(**(_like(src) or t.like)))
+            skeleton = copy.deepcopy(src).to("meta")
+            swaps[site.node.target] = _Swap(skeleton, site.build, site.channels, n)
             for call in calls.get(site.node.target, ()):  # every call of a shared module gets T
                 call.args = (*call.args, cond[h])
+    return swaps
 
 
 # --- step 7: rewire the output -----------------------------------------------------------------
@@ -516,11 +576,14 @@ def _config(opts: _Options, *, n: int, feeds, aux_model, leaf_modules) -> Conver
     )
 
 
-def _finish(gm: fx.GraphModule, *, training: bool, config: ConvertConfig) -> fx.GraphModule:
+def _finish(
+    gm: fx.GraphModule, *, training: bool, config: ConvertConfig, swaps: dict[str, _Swap]
+) -> fx.GraphModule:
     gm.graph.lint()
     gm.recompile()
     gm.train(training)
-    gm.meta["condattn_config"] = config
+    _record(gm, _CONFIG, config)
+    _record(gm, _SWAPS, swaps)
     return gm
 
 
@@ -596,14 +659,57 @@ def convert(
     example = example_input if example_input is not None else _default_example(model)
     opts = replace(opts, example_shape=tuple(example.shape))
     t = _trace(model, opts.mapping, leaf_modules, concrete_args, example)  # 3
-    n = opts.num_classes or int(_fx.node_shape(t.logits)[1])
+    n = _num_classes(t, opts.num_classes)
     opts = _resolve_aux_at(t, opts)
     heads = _insert_heads(t, opts, n=n, aux_model=aux_model, example=example)  # 4
     routing = _route(t, heads, feeds, conditioned=conditioned)  # 5
-    _swap(t, heads, routing, n=n, init=init)  # 6
+    swaps = _swap(t, heads, routing, n=n, init=init)  # 6
     _rewire_output(t, heads)  # 7
     config = _config(opts, n=n, feeds=routing, aux_model=aux_model, leaf_modules=leaf_modules)
-    return _finish(t.gm, training=training, config=config)  # 8
+    return _finish(t.gm, training=training, config=config, swaps=swaps)  # 8
+
+
+# --- drop-in use ------------------------------------------------------------------------------
+
+
+def _head_part(out: fx.Node) -> set[fx.Node]:
+    """The aux-logits nodes of a converted graph and the softmax / detach chain after each."""
+    part, todo = set(), list(out.args[0].args[1])
+    while todo:
+        node = todo.pop()
+        part.add(node)
+        todo += [u for u in node.users if u.target in (torch.softmax, "detach")]
+    return part
+
+
+def logits_only(model: fx.GraphModule) -> fx.GraphModule:
+    """A drop-in classifier: the converted ``model`` with a forward that returns the logits only.
+
+    For code that expects a tensor (``F.cross_entropy(m(x), y)``, ``m(x).argmax(1)``, evaluation
+    tools). The heads still compute T inside wherever it feeds attention (SE-R), so the logits are
+    exactly ``model(x).logits``; heads that feed nothing (SE-A) are left out. The result shares
+    its parameters and buffers with ``model``, returns one type (a tensor) in train and eval, and
+    keeps the conversion config (:func:`get_config`). Train with ``model`` itself to use the aux
+    losses.
+
+    Raises:
+        ValueError: if ``model`` was not made by :func:`convert`.
+    """
+    config = get_config(model)
+    graph = copy.deepcopy(model.graph)
+    out = next(n for n in graph.nodes if n.op == "output")
+    packed = out.args[0]
+    assert packed.op == "call_function" and packed.target is CondOutput, packed.format_node()
+    heads = _head_part(out)
+    out.args = (packed.args[0],)
+    graph.erase_node(packed)
+    graph.eliminate_dead_code(is_impure_node=lambda node: node not in heads)
+    graph.lint()
+    gm = fx.GraphModule(model, graph, class_name=f"{type(model).__name__}LogitsOnly")
+    gm.train(model.training)
+    _record(gm, _CONFIG, config)
+    _record(gm, _SWAPS, swaps_of(model))
+    return gm
 
 
 # --- discovery ---------------------------------------------------------------------------------
