@@ -341,4 +341,3 @@ def unregister_attention(src_type: type[nn.Module]) -> None:
             f"{getattr(src_type, '__name__', src_type)} was not added by register_attention"
         )
     del _USER[src_type]
-
