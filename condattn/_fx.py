@@ -101,7 +101,7 @@ def trace(
         # The root itself cannot be a leaf: only concrete_args (or a rewrite) can help there.
         leaf_hint = (
             f"keep that module whole with convert(..., leaf_modules=[{where[0]!r}]) "
-            "(it must not contain the attention to condition), or "
+            "(attention inside it is conditioned in place), or "
             if where[0]
             else "move the data-dependent code into a submodule and name it in leaf_modules=, or "
         )

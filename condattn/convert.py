@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from condattn import _fx
+from condattn import _fx, _inplace
 from condattn._fx import ConversionError
 from condattn._placement import AUTO, Placement, auto_placement
 from condattn.mappings import Builder, as_builder, cond_types, get_attention_mapping
@@ -69,6 +69,9 @@ class ConvertConfig:
     example_shape: tuple[int, ...] = ()
     # how aux_at was chosen: "given" by the caller, or the reason of aux_at="auto"'s rule
     placement: str = "given"
+    # conditioned attention name -> its route: "graph" (T is an argument of its call in the
+    # graph) or "in-place" (inside a leaf module; T delivered at run time, condattn._inplace)
+    routes: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -159,6 +162,7 @@ class _Attention:
     kind: str  # the source type's name, or INLINE_SE
     build: Builder  # build(src, *, channels=C, cond_dim=n, init=...) -> twin
     channels: int | None  # C, the channels of the node's input as traced
+    route: str = _inplace.GRAPH  # or INPLACE: inside a leaf module (condattn._inplace)
 
 
 @dataclass
@@ -276,9 +280,13 @@ def _in_channels(node: fx.Node) -> int | None:
 
 
 def _collect_attention(
-    gm: fx.GraphModule, mapping: Mapping[type[nn.Module], Any]
+    gm: fx.GraphModule,
+    mapping: Mapping[type[nn.Module], Any],
+    inner: Sequence[_inplace.InnerSite] = (),
 ) -> dict[str, _Attention]:
-    """Every swappable attention site: module calls of a mapped type, and inline SEs' W1."""
+    """Every swappable attention site: module calls of a mapped type, inline SEs' W1, and the
+    ``inner`` attention found inside leaf modules (the in-place route, :mod:`condattn._inplace`),
+    which sits at its leaf's position in the network order."""
     found: dict[fx.Node, tuple[str, _Attention]] = {}
     seen: set[str] = set()
     for node in gm.graph.nodes:
@@ -294,7 +302,9 @@ def _collect_attention(
     sites = dict(v for _, v in sorted(found.items(), key=lambda kv: order[kv[0]]))
     for site in sites.values():
         site.channels = _in_channels(site.node)
-    return sites
+    for s in inner:
+        sites[s.name] = _Attention(s.node, s.kind, s.build, s.channels, route=_inplace.INPLACE)
+    return dict(sorted(sites.items(), key=lambda kv: order[kv[1].node]))  # stable: inner in order
 
 
 def _logits_node(gm: fx.GraphModule) -> fx.Node:
@@ -323,8 +333,10 @@ def _trace(
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if not placeholders:
         raise ConversionError("the traced model has no input")
+    inner = _inplace.InnerAttention(gm, mapping)  # attention inside leaves: found as it runs
     try:
-        _fx.propagate_shapes(gm, example)
+        with inner.recording():
+            _fx.propagate_shapes(gm, example)
     except Exception as e:
         raise ConversionError(
             f"running the traced model on an example input of shape {tuple(example.shape)} "
@@ -336,7 +348,7 @@ def _trace(
         for name, node in res.module_outputs.items()
         if name and (s := _fx.node_shape(node)) is not None and len(s) == 4
     }
-    attention = _collect_attention(gm, mapping)
+    attention = _collect_attention(gm, mapping, inner.sites())
     return _Traced(gm, outputs, attention, placeholders[0], logits, _like(model))
 
 
@@ -528,18 +540,24 @@ def _swap(
         if x.op == "call_module":
             calls.setdefault(x.target, []).append(x)
     cond = {h.name: h.cond for h in heads}
+    inplace: list[tuple[str, fx.Node, nn.Module, fx.Node]] = []
     for h, atts in routing.items():
         for att in atts:
             site = t.attention[att]
             if site.channels is None:
                 raise ConversionError(f"the input of attention {att!r} has no traced channel count")
-            src = gm.get_submodule(site.node.target)
+            src = gm.get_submodule(att)  # att is site.node.target on the graph route
             twin = site.build(src, channels=site.channels, cond_dim=n, init=init)
-            _fx.replace_submodule(gm, site.node.target, twin.to(**(_like(src) or t.like)))
+            twin = twin.to(**(_like(src) or t.like))
             skeleton = copy.deepcopy(src).to("meta")
-            swaps[site.node.target] = _Swap(skeleton, site.build, site.channels, n)
+            swaps[att] = _Swap(skeleton, site.build, site.channels, n)
+            if site.route == _inplace.INPLACE:  # inside a leaf: T is delivered at run time
+                inplace.append((att, site.node, twin, cond[h]))
+                continue
+            _fx.replace_submodule(gm, att, twin)
             for call in calls.get(site.node.target, ()):  # every call of a shared module gets T
                 call.args = (*call.args, cond[h])
+    _inplace.swap(gm, inplace)
     return swaps
 
 
@@ -666,6 +684,7 @@ def convert(
     swaps = _swap(t, heads, routing, n=n, init=init)  # 6
     _rewire_output(t, heads)  # 7
     config = _config(opts, n=n, feeds=routing, aux_model=aux_model, leaf_modules=leaf_modules)
+    config = replace(config, routes={a: t.attention[a].route for v in routing.values() for a in v})
     return _finish(t.gm, training=training, config=config, swaps=swaps)  # 8
 
 
@@ -780,7 +799,10 @@ def list_attention(
     concrete_args: dict[str, Any] | None = None,
     mapping: Mapping[type[nn.Module], Any] | None = None,
 ) -> dict[str, dict[str, str | None]]:
-    """Swappable attention in network order: name -> ``{"kind": ..., "fed_by": head or None}``.
+    """Swappable attention in network order: name -> ``{"kind": ..., "fed_by": head or None,
+    "route": "graph" or "in-place"}``. The route is ``"in-place"`` for attention inside a module
+    that fx keeps whole (a leaf: ``leaf_modules``, timm's not-traceable blocks), which
+    :mod:`condattn._inplace` conditions without a node of its own in the graph.
 
     ``fed_by`` is the ``aux_at`` entry (``"auto"`` resolves as in :func:`convert`) that would
     condition it under the default routing.
@@ -796,5 +818,6 @@ def list_attention(
     result = {}
     for name, site in t.attention.items():
         before = [a for a in aux_at if order[t.outputs[a]] < order[site.node]]
-        result[name] = {"kind": site.kind, "fed_by": before[-1] if before else None}
+        fed_by = before[-1] if before else None
+        result[name] = {"kind": site.kind, "fed_by": fed_by, "route": site.route}
     return result
