@@ -149,7 +149,7 @@ def test_user_errors_are_clear(tmp_path: Path, capsys, monkeypatch) -> None:
     assert main(["train", QUICK, "--set", "model.variant=sr"]) == 2
     assert "choose one of" in capsys.readouterr().err
     # no data anywhere: the message says where to put it and that --download needs internet
-    monkeypatch.setattr("condattn.train.build.find_cifar100", lambda: None)
+    monkeypatch.setattr("condattn.data.datasets.find_cifar", lambda spec: None)
     assert main(["train", QUICK, "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "cifar-100-python.tar.gz" in err and "--download" in err and "internet" in err
