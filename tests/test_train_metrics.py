@@ -58,7 +58,7 @@ def test_jsonl_skips_a_torn_last_line(tmp_path: Path) -> None:
 
 def test_checkpoint_is_atomic_and_round_trips(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "checkpoint.pt"
-    state = {"model": {"w": torch.arange(3.0)}, "epoch": 4, "rng": rng_state()}
+    state = {"model": {"w": torch.arange(3.0)}, "epoch": 4, "rng": rng_state(), "config": {}}
     save_checkpoint(path, state)
     back = load_checkpoint(tmp_path)  # a run dir works too
     assert back["epoch"] == 4 and torch.equal(back["model"]["w"], torch.arange(3.0))

@@ -1,6 +1,11 @@
 """Atomic, resumable checkpoints: state dicts + RNG states + the resolved config (no pickled
 modules, so a checkpoint loads into a freshly built model of the same config).
 
+A checkpoint holds tensors and plain data only (the numpy and Python RNG states are stored as
+tensors and lists), so every file is read with ``torch.load(weights_only=True)``: a file from
+someone else cannot run code. A file that is not a checkpoint raises :class:`CheckpointError`,
+a ``ValueError`` whose one-line message names the file and what is wrong with it.
+
 :func:`model_from_checkpoint` is the one way back from a run checkpoint to a model
 (``condattn eval`` uses it); :func:`load_model` wraps it for ``condattn analyze``, which also
 reads :func:`condattn.save` files.
@@ -11,6 +16,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
+import warnings
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +37,7 @@ from condattn.train.recipe import config_from_dict
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "CheckpointError",
     "LoadedModel",
     "load_checkpoint",
     "load_model",
@@ -39,15 +48,32 @@ __all__ = [
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
-FORMAT_VERSION = 1
+# 2: RNG states as tensors/lists (weights_only loads), "epoch" = epochs finished (1-based).
+FORMAT_VERSION = 2
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable condattn checkpoint; the message is one line."""
 
 
 def rng_state() -> dict[str, Any]:
-    """The torch (CPU and CUDA), numpy and Python RNG states."""
+    """The torch (CPU and CUDA), numpy and Python RNG states, as tensors and plain data."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, py_gauss = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(keys.astype(np.int64)),  # 624 uint32 words
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(gauss),
+        },
+        "python": {
+            "version": int(version),
+            "state": torch.tensor(internal, dtype=torch.int64),  # 624 words + the index
+            "gauss": py_gauss,
+        },
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -55,12 +81,51 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restores what :func:`rng_state` returned."""
+    """Restores what :func:`rng_state` returned (bit for bit)."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["name"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def read_torch_file(path: str | os.PathLike[str]) -> Any:
+    """``torch.load(path, weights_only=True)`` onto the CPU, with one-line errors.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        CheckpointError: the file is empty, not a ``torch.save`` archive (corrupt, truncated or
+            another format), or holds pickled objects beyond tensors and plain data.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file, not a checkpoint")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint (not a torch.save archive: corrupt, truncated "
+            "or another format)"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4"
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch.load raises many types for a foreign or damaged file
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if found:
+            raise CheckpointError(
+                f"{path}: holds pickled Python objects ({found.group(1)}), which condattn "
+                "does not load from files (weights_only=True); it was written by another "
+                "program or by condattn before checkpoint format 2"
+            ) from None
+        first = (str(err).strip().splitlines() or [""])[0][:160]
+        raise CheckpointError(
+            f"{path}: damaged PyTorch archive ({type(err).__name__}: {first})"
+        ) from None
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
@@ -77,30 +142,61 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: no checkpoint at ``path``.
-        ValueError: the file is not a condattn checkpoint.
+        CheckpointError: the file is not a condattn run checkpoint (one-line message).
     """
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    # weights_only=False: the RNG state holds numpy arrays and Python tuples. Only load
-    # checkpoints you wrote yourself.
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or "format_version" not in state or "model" not in state:
-        raise ValueError(f"{path} is not a condattn checkpoint (no format_version/model)")
+    return _check_run_checkpoint(path, read_torch_file(path))
+
+
+_RUN_KEYS = ("format_version", "model", "config", "epoch")
+
+
+def _is_run_checkpoint(payload: Any) -> bool:
+    return isinstance(payload, dict) and "format_version" in payload
+
+
+def _check_run_checkpoint(path: Path, state: Any) -> dict[str, Any]:
+    if isinstance(state, dict) and {"format", "state_dict"} <= state.keys():
+        raise CheckpointError(
+            f"{path}: a condattn.save file, not a run checkpoint; condattn analyze reads it "
+            "(with --arch)"
+        )
+    missing = [k for k in _RUN_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a condattn checkpoint (no {', '.join(missing)} entry)")
+    version = state["format_version"]
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {version}, but this condattn reads format {FORMAT_VERSION}"
+        )
     return state
 
 
-def model_from_checkpoint(state: Mapping[str, Any], *, num_classes: int) -> nn.Module:
+def model_from_checkpoint(
+    state: Mapping[str, Any], *, num_classes: int, source: str = "the checkpoint"
+) -> nn.Module:
     """The run's model, rebuilt from ``state["config"]`` with ``state["model"]``, in eval mode.
 
     Args:
         state: what :func:`load_checkpoint` returned.
         num_classes: the classifier's width (the data's number of classes).
+        source: the file's name, for error messages.
+
+    Raises:
+        CheckpointError: the weights do not fit the model the config builds.
     """
     model = build_model(config_from_dict(state["config"]), num_classes=num_classes)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0] if first else ""
+        raise CheckpointError(
+            f"{source}: its weights do not fit the model its config builds "
+            f"({num_classes} classes): {detail[:200]}"
+        ) from None
     return model.eval()
 
 
@@ -140,23 +236,23 @@ def load_model(
     """
     path = Path(path)
     file = path / CHECKPOINT_NAME if path.is_dir() else path
-    if not file.is_file():
-        raise FileNotFoundError(f"no checkpoint at {file}")
-    # weights_only=False: a run checkpoint holds RNG states (numpy arrays, Python tuples).
-    payload = torch.load(file, map_location="cpu", weights_only=False)
-    if isinstance(payload, dict) and {"format_version", "config", "model"} <= payload.keys():
+    payload = read_torch_file(file)
+    if _is_run_checkpoint(payload):
+        payload = _check_run_checkpoint(file, payload)
         n = num_classes or _num_classes(payload["model"])
-        model = model_from_checkpoint(payload, num_classes=n)
+        model = model_from_checkpoint(payload, num_classes=n, source=str(file))
         cfg = config_from_dict(payload["config"])
         label = {"se": "SE", "se_a": "SE-A", "se_r": "SE-R"}[cfg.model.variant]
         return LoadedModel(model, f"{label} ({cfg.name})", cfg, payload.get("epoch"))
     if isinstance(payload, dict) and {"config", "state_dict"} <= payload.keys():
         if arch is None:
-            raise ValueError(f"{file} was written by condattn.save: give its base model (--arch)")
+            raise CheckpointError(
+                f"{file} was written by condattn.save: give its base model (--arch)"
+            )
         n = num_classes or _saved_num_classes(payload["config"])
         base = create_model(arch, num_classes=n, **({"widths": tuple(widths)} if widths else {}))
         return LoadedModel(load_converted(file, base).eval(), file.stem)
-    raise ValueError(f"{file} is neither a run checkpoint nor a condattn.save file")
+    raise CheckpointError(f"{file}: neither a run checkpoint nor a condattn.save file")
 
 
 def _num_classes(state_dict: Mapping[str, Tensor]) -> int:
