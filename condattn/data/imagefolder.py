@@ -333,6 +333,44 @@ def _write_cache(blob: dict[str, object], path: Path, log: Callable[[str], None]
     return True
 
 
+def _cached_or_decoded(
+    root: Path,
+    train: _Split,
+    val: _Split,
+    *,
+    path: Path,
+    settings: dict[str, object],
+    workers: int,
+    log: Callable[[str], None],
+    progress: bool | None,
+) -> tuple[dict[str, object], str]:
+    """The cache at ``path`` if it is valid, else both splits decoded (and written there).
+
+    Returns:
+        ``(blob, verb)``: the cache's contents and how they were obtained, for the source line.
+    """
+    blob = _read_cache(path)
+    if blob is not None:
+        return blob, "cached in"
+    total = sum(map(len, train.files.values())) + sum(map(len, val.files.values()))
+    tick, close = _progress(total, f"decoding {root}", log, progress)
+    try:
+        blob = _decode_splits(
+            train,
+            val,
+            sorted(train.files),
+            size=int(settings["image_size"]),
+            workers=workers,
+            skip_bad=bool(settings["skip_bad_images"]),
+            tick=tick,
+        )
+    finally:
+        close()
+    verb = "decoded into" if _write_cache(blob, path, log) else "decoded (not cached) for"
+    log(f"decoded {total} images of {root} ({verb} {path})")
+    return blob, verb
+
+
 def load_imagefolder(
     root: str | os.PathLike[str],
     *,
@@ -378,7 +416,6 @@ def load_imagefolder(
     root = Path(root).expanduser()
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     train, val = _layout(root, val_fraction=val_fraction, seed=split_seed)
-    classes = sorted(train.files)
     settings = {
         "format": _FORMAT,
         "image_size": image_size,
@@ -388,25 +425,16 @@ def load_imagefolder(
     }
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     path = _cache_file(root, cache, train, val, settings)
-    blob = _read_cache(path)
-    verb = "cached in"
-    if blob is None:
-        total = sum(map(len, train.files.values())) + sum(map(len, val.files.values()))
-        tick, close = _progress(total, f"decoding {root}", log, progress)
-        try:
-            blob = _decode_splits(
-                train,
-                val,
-                classes,
-                size=image_size,
-                workers=workers or os.cpu_count() or 1,
-                skip_bad=skip_bad_images,
-                tick=tick,
-            )
-        finally:
-            close()
-        verb = "decoded into" if _write_cache(blob, path, log) else "decoded (not cached) for"
-        log(f"decoded {total} images of {root} ({verb} {path})")
+    blob, verb = _cached_or_decoded(
+        root,
+        train,
+        val,
+        path=path,
+        settings=settings,
+        workers=workers or os.cpu_count() or 1,
+        log=log,
+        progress=progress,
+    )
     skipped = blob["skipped"]
     note = f"; skipped {len(skipped)} unreadable file(s), first: {skipped[0]}" if skipped else ""
     return ImageData(

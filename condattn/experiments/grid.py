@@ -163,7 +163,12 @@ def plan_grid(
 
 
 def config_diff(asked: dict[str, Any], saved: dict[str, Any]) -> list[str]:
-    """``key: run has X, grid asks Y`` for each key (outside RUNTIME_KEYS) that differs."""
+    """``key: run has X, grid asks Y`` for each key (outside RUNTIME_KEYS) that differs.
+
+    A key missing from ``saved`` (a run made before that field existed, e.g. ``model.kwargs`` or
+    ``data.dataset``) counts as the field's default.
+    """
+    defaults = TrainConfig().to_dict()
     diffs = []
     for section, values in asked.items():
         if not isinstance(values, dict):  # the run's name
@@ -171,7 +176,7 @@ def config_diff(asked: dict[str, Any], saved: dict[str, Any]) -> list[str]:
                 diffs.append(f"{section}: run has {saved.get(section)!r}, grid asks {values!r}")
             continue
         for key, value in values.items():
-            have = saved.get(section, {}).get(key)
+            have = saved.get(section, {}).get(key, defaults.get(section, {}).get(key))
             if (section, key) not in RUNTIME_KEYS and have != value:
                 diffs.append(f"{section}.{key}: run has {have!r}, grid asks {value!r}")
     return diffs

@@ -1,0 +1,217 @@
+"""Issue 10, "bring your own network and data": acceptance tests through the CLI.
+
+Every test writes its own tiny data (PNG image folders, synthetic sets) under ``tmp_path`` and
+its own decode cache (``$CONDATTN_CACHE``); nothing here reads the real CIFAR-100.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from condattn.cli import main
+from condattn.data import CIFAR100_MEAN, BatchRandomResizedCrop, synthetic_cifar100
+from condattn.data.synthetic import make_synthetic_arrays
+from condattn.experiments.grid import config_diff
+from condattn.train import loop
+from condattn.train.build import build_augment, load_data
+from condattn.train.checkpoint import load_checkpoint, save_checkpoint
+from condattn.train.config import TrainConfig
+from condattn.train.recipe import config_from_dict
+
+pytest.importorskip("timm")
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = REPO / "recipes" / "base.toml"
+CLASSES = tuple(f"class_{k:02d}" for k in range(10))
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Image-folder decodings go to this test's folder, never to ~/.cache."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("CONDATTN_CACHE", str(cache))
+    return cache
+
+
+# --- data written by the tests ------------------------------------------------------------------
+
+
+def _write_split(folder: Path, *, per_class: int, split: str, px: int) -> None:
+    """``per_class`` PNG images per class: the synthetic CIFAR look (a colour and an oriented
+    stripe pattern per class, noise per image), resized to ``px`` so the decoder has work."""
+    images, labels = make_synthetic_arrays(
+        n=per_class * len(CLASSES), num_classes=len(CLASSES), seed=3, split=split
+    )
+    for i, (img, label) in enumerate(zip(images, labels)):
+        cls = folder / CLASSES[int(label)]
+        cls.mkdir(parents=True, exist_ok=True)
+        pil = Image.fromarray(np.ascontiguousarray(img.transpose(1, 2, 0)), mode="RGB")
+        pil.resize((px, px), Image.BILINEAR).save(cls / f"img_{i:03d}.png")
+
+
+def _image_folder(root: Path, *, n_train: int = 12, n_val: int = 3, px: int = 36) -> Path:
+    """``root/train/<class>/`` and ``root/val/<class>/`` for 10 classes."""
+    _write_split(root / "train", per_class=n_train, split="train", px=px)
+    _write_split(root / "val", per_class=n_val, split="test", px=px)
+    return root
+
+
+def _recipe(path: Path, *, model: str, data: str, optim: str = "") -> Path:
+    """A recipe on top of the paper's base recipe, as a user would write it."""
+    path.write_text(
+        f'base = "{BASE.as_posix()}"\nname = "byod"\n\n[model]\n{model}\n\n[data]\n{data}\n\n'
+        f'[optim]\n{optim}\n\n[system]\nthreads = 1\nprogress = "off"\n'
+    )
+    return path
+
+
+def _sets(items: list[str]) -> list[str]:
+    return [a for item in items for a in ("--set", item)]
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str], *names: str) -> str:
+    """Runs the CLI, expects a non-zero exit and ONE stderr line naming every ``names``."""
+    assert main(argv) != 0, f"condattn {' '.join(argv)} should have failed"
+    err = capsys.readouterr().err.strip()
+    assert err and "\n" not in err, f"not one line:\n{err}"
+    assert "Traceback" not in err
+    for name in names:
+        assert name in err, f"{name!r} not in the error: {err}"
+    return err
+
+
+# --- follow-ups: the dataset's own statistics, resume of older runs, profile -----------------
+
+
+def _imagefolder_cfg(root: Path, *, image_size: int, **data: object) -> TrainConfig:
+    return config_from_dict(
+        {
+            "model": {"arch": "se_resnet18", "variant": "se", "widths": [8, 16, 32, 64]},
+            "optim": {"epochs": 1, "batch_size": 20, "milestones": [], "warmup_epochs": 0},
+            "data": {"dataset": "imagefolder", "root": str(root), "image_size": image_size, **data},
+            "system": {"threads": 1, "progress": "off"},
+        }
+    )
+
+
+def test_an_image_folder_run_normalises_with_its_own_stats_and_crops_rrc_above_32px(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _image_folder(tmp_path / "images", n_train=2, n_val=1, px=48)
+    cfg = _imagefolder_cfg(root, image_size=40)
+    data = load_data(cfg, log=lambda msg: None)
+    assert data.image_size == (40, 40) and data.mean != CIFAR100_MEAN
+    made = []
+
+    def spy(cfg, *, train, **kwargs):
+        aug = build_augment(cfg, train=train, **kwargs)
+        made.append((train, aug))
+        return aug
+
+    monkeypatch.setattr(loop, "build_augment", spy)
+    loop.train(cfg, data=data, run_dir=tmp_path / "run", log=lambda *a: None)
+    augs = dict(made)
+    assert isinstance(augs[True], BatchRandomResizedCrop) and augs[True].size == (40, 40)
+    for aug in augs.values():
+        assert aug.mean == data.mean and aug.std == data.std
+    # data.normalize = "mean": the paper's mean subtraction, still with the folder's own mean
+    mean_only = build_augment(
+        _imagefolder_cfg(root, image_size=40, normalize="mean"), train=False, data=data
+    )
+    assert mean_only.mean == data.mean and mean_only.std == (1.0, 1.0, 1.0)
+
+
+def _tiny_cfg(**optim: object) -> TrainConfig:
+    return config_from_dict(
+        {
+            "model": {"arch": "se_resnet18", "variant": "se_r", "widths": [8, 16, 32, 64]},
+            "loss": {"aux_weights": [0.3, 0.3]},
+            "optim": {"epochs": 1, "batch_size": 32, "milestones": [], **optim},
+            "system": {"threads": 1, "progress": "off"},
+        }
+    )
+
+
+def _strip(saved: dict, keys: list[tuple[str, str]]) -> dict:
+    """A config dict as an older condattn saved it: without the fields added since."""
+    saved = json.loads(json.dumps(saved))
+    for section, key in keys:
+        del saved[section][key]
+    return saved
+
+
+# Fields that did not exist when the first runs were saved (issue 10 added them).
+NEW_FIELDS = [
+    ("model", "kwargs"),
+    *(("data", k) for k in ("dataset", "image_size", "val_fraction", "augment", "normalize")),
+]
+
+
+def test_resume_takes_missing_keys_of_an_older_checkpoint_as_defaults(tmp_path: Path) -> None:
+    data = synthetic_cifar100(n_train=64, n_test=32)
+    run = tmp_path / "run"
+    loop.train(_tiny_cfg(), data=data, run_dir=run, log=lambda *a: None)
+    state = load_checkpoint(run / "checkpoint.pt")
+    state["config"] = _strip(state["config"], NEW_FIELDS)
+    save_checkpoint(
+        run / "checkpoint.pt", {k: v for k, v in state.items() if k != "format_version"}
+    )
+    res = loop.train(_tiny_cfg(epochs=2), data=data, run_dir=run, resume=True, log=lambda *a: None)
+    assert res["final"]["epoch"] == 1
+    # a missing key whose default differs from the run's value is still a difference
+    with pytest.raises(ValueError, match=r"data\.augment: checkpoint 'auto' != now 'rrc'"):
+        loop._check_resumable(
+            config_from_dict({**_tiny_cfg().to_dict(), "data": {"augment": "rrc"}}),
+            _strip(_tiny_cfg().to_dict(), NEW_FIELDS),
+        )
+    with pytest.raises(ValueError, match=r"optim\.lr: checkpoint 0\.1 != now 0\.05"):
+        loop._check_resumable(_tiny_cfg(lr=0.05), _strip(_tiny_cfg().to_dict(), NEW_FIELDS))
+
+
+def test_compare_reuses_runs_saved_before_the_new_fields() -> None:
+    asked = _tiny_cfg().to_dict()
+    assert config_diff(asked, _strip(asked, NEW_FIELDS)) == []
+    other = json.loads(json.dumps(asked))
+    other["data"]["augment"] = "rrc"
+    assert config_diff(other, _strip(asked, NEW_FIELDS)) == [
+        "data.augment: run has 'auto', grid asks 'rrc'"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "extra"),
+    [("torchvision:mobilenet_v3_small", []), ("timm:seresnet18", ["--image-size", "64"])],
+)
+def test_profile_takes_external_names(capsys, name: str, extra: list[str]) -> None:
+    assert main(["profile", name, "--variant", "se_r", *extra]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{name} variant=se_r: params") and " r=" not in out
+    size = extra[-1] if extra else "32"
+    assert f"input 1x3x{size}x{size}" in out
+    # the zoo's r does not apply to them: one line naming the keys to use instead
+    _one_line_error(capsys, ["profile", name, "--r", "4"], "model.r", "[model.kwargs]")
+
+
+# --- issue 10 item 4: never silent -------------------------------------------------------------
+
+
+def test_a_run_without_a_terminal_logs_progress_lines_during_the_epoch(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    data = synthetic_cifar100(n_train=128, n_test=32)
+    lines: list[str] = []
+    monkeypatch.setattr(loop, "LOG_EVERY_S", 0.0)  # a line after every step
+    loop.train(_tiny_cfg(), data=data, run_dir=tmp_path / "a", log=lambda *a: lines.append(a[0]))
+    beats = [m for m in lines if re.fullmatch(r"epoch 1/1 step \d/4 \| \d+ img/s \| loss .*", m)]
+    assert [int(m.split("step ")[1][0]) for m in beats] == [1, 2, 3, 4], lines
+    assert all(float(m.split("loss ")[1].split()[0]) > 0 for m in beats)
+    lines.clear()
+    monkeypatch.setattr(loop, "LOG_EVERY_S", 1e9)  # never due: only the epoch summaries
+    loop.train(_tiny_cfg(), data=data, run_dir=tmp_path / "b", log=lambda *a: lines.append(a[0]))
+    assert not [m for m in lines if " step " in m] and any(m.startswith("epoch 1/1") for m in lines)
