@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import sys
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,7 @@ from typing import Any
 
 __all__ = [
     "CHANNELS_LAST",
+    "COMPILE_MIN_STEPS",
     "COMPILE_MODES",
     "PRECISIONS",
     "THREAD_ENV_DEFAULTS",
@@ -54,6 +56,11 @@ COMPILE_MODES = (
     "max-autotune",
     "max-autotune-no-cudagraphs",
 )
+# compile="auto" compiles runs of at least this many train steps. Compiling a train step takes
+# 1-7 minutes on a 2-core CPU (docs/results.md, Speed) and saves a few percent per step (more on
+# a GPU), so it pays back only over long runs: the paper's recipes (78,000 steps) compile, the
+# quick recipe (234 steps) does not.
+COMPILE_MIN_STEPS = 10_000
 # CPU flags (/proc/cpuinfo) of instructions that run bf16 matrix maths natively: Intel AMX and
 # AVX512-BF16 (Intel Cooper Lake and later, AMD Zen 4 and later). Elsewhere bf16 is emulated.
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
@@ -219,6 +226,7 @@ class Capabilities:
         device_name: the GPU or CPU model.
         cpu_flags: the CPU feature flags (``/proc/cpuinfo``).
         cuda_bf16: the GPU runs bf16 natively (``torch.cuda.is_bf16_supported()``, Ampere+).
+        cpp_compiler: a C++ compiler is on the PATH (inductor needs one for CPU kernels).
         cores: cores this process may use (:func:`available_cores`).
         cores_how: how ``cores`` was found.
         omp_num_threads: ``OMP_NUM_THREADS`` as the user set it (None: unset).
@@ -229,6 +237,7 @@ class Capabilities:
     device_name: str = ""
     cpu_flags: frozenset[str] = frozenset()
     cuda_bf16: bool = False
+    cpp_compiler: bool = False
     cores: int = 1
     cores_how: str = ""
     omp_num_threads: int | None = None
@@ -265,6 +274,7 @@ def detect(device: Any = "cpu", *, environ: Mapping[str, str] | None = None) -> 
         device_name=torch.cuda.get_device_name(device) if cuda else cpu_name(),
         cpu_flags=cpu_flags(_read(Path("/proc/cpuinfo")) or ""),
         cuda_bf16=bool(cuda and torch.cuda.is_bf16_supported()),
+        cpp_compiler=any(shutil.which(c) for c in (env.get("CXX") or "g++", "c++", "clang++")),
         cores=cores,
         cores_how=how,
         omp_num_threads=user_omp,
@@ -285,6 +295,7 @@ class SpeedPlan:
         compile: a ``torch.compile`` mode, or ``"off"``.
         threads: intra-op threads for ``torch.set_num_threads``.
         why: key -> the reason for the choice.
+        capabilities: what it was decided from (:meth:`Capabilities.to_dict`).
     """
 
     precision: str = "fp32"
@@ -292,6 +303,7 @@ class SpeedPlan:
     compile: str = "off"
     threads: int = 1
     why: dict[str, str] = field(default_factory=dict)
+    capabilities: dict[str, Any] = field(default_factory=dict)
 
     def autocast(self, device_type: str):
         """The autocast context of the plan's precision (disabled for fp32)."""
@@ -331,14 +343,19 @@ def _channels_last(caps: Capabilities, asked: str, precision: str) -> tuple[bool
     return True, "auto: measured faster on CPU in fp32 and bf16 (docs/results.md, Speed)"
 
 
-def _compile(caps: Capabilities, asked: str) -> tuple[str, str]:
+def _compile(caps: Capabilities, asked: str, steps: int | None) -> tuple[str, str]:
     if asked not in COMPILE_MODES:
         raise ValueError(f"compile={asked!r} is not valid; choose one of: {COMPILE_MODES}")
     if asked != "auto":
         return asked, "set in the config"
-    if caps.device == "cuda":
-        return "default", "auto: inductor fuses the elementwise work on GPU (no CUDA graphs)"
-    return "off", "auto: on CPU compiling costs minutes and did not pay (docs/results.md, Speed)"
+    if steps is None or steps < COMPILE_MIN_STEPS:
+        return "off", f"auto: {steps} train steps < {COMPILE_MIN_STEPS}, too few to pay back"
+    if caps.device == "cpu" and not caps.cpp_compiler:
+        return "off", "auto: no C++ compiler for inductor's CPU kernels"
+    return "default", (
+        f"auto: {steps} train steps >= {COMPILE_MIN_STEPS}; inductor fuses the elementwise work "
+        "(the SE gate's pool and scale among it); no CUDA graphs"
+    )
 
 
 def _threads(caps: Capabilities, asked: int) -> tuple[int, str]:
@@ -355,7 +372,7 @@ def _threads(caps: Capabilities, asked: int) -> tuple[int, str]:
     return per_process, f"auto: the cores available ({how})"
 
 
-def decide(caps: Capabilities, system: Any) -> SpeedPlan:
+def decide(caps: Capabilities, system: Any, *, steps: int | None = None) -> SpeedPlan:
     """The speed choices for a run: a pure function of the capabilities and the config.
 
     Args:
@@ -363,13 +380,15 @@ def decide(caps: Capabilities, system: Any) -> SpeedPlan:
         system: a ``[system]`` config with ``precision``, ``channels_last``, ``compile`` (strings
             from :data:`PRECISIONS`, :data:`CHANNELS_LAST`, :data:`COMPILE_MODES`) and
             ``threads`` (0 = auto).
+        steps: the run's train steps (epochs x steps per epoch); None: unknown (evaluation).
 
     Rules for ``"auto"``:
 
     - precision: bf16 autocast where the hardware runs bf16 natively (a CUDA GPU with bf16
       support; a CPU with AMX or AVX512-BF16), else fp32.
     - channels_last: on for CPUs (measured faster in fp32 and bf16) and for GPUs in bf16.
-    - compile: ``"default"`` (inductor, no CUDA graphs) on CUDA, off on CPU (measured).
+    - compile: ``"default"`` (inductor, no CUDA graphs) for runs of at least
+      :data:`COMPILE_MIN_STEPS` steps (on a CPU only with a C++ compiler), else off.
     - threads: ``OMP_NUM_THREADS`` when the user set it, else the cores this process may use
       (affinity and cgroup quota), divided among the local torchrun processes.
 
@@ -378,7 +397,7 @@ def decide(caps: Capabilities, system: Any) -> SpeedPlan:
     """
     precision, why_p = _precision(caps, system.precision)
     channels_last, why_c = _channels_last(caps, system.channels_last, precision)
-    compile_mode, why_m = _compile(caps, system.compile)
+    compile_mode, why_m = _compile(caps, system.compile, steps)
     threads, why_t = _threads(caps, system.threads)
     return SpeedPlan(
         precision=precision,
@@ -386,4 +405,5 @@ def decide(caps: Capabilities, system: Any) -> SpeedPlan:
         compile=compile_mode,
         threads=threads,
         why={"precision": why_p, "channels_last": why_c, "compile": why_m, "threads": why_t},
+        capabilities=caps.to_dict(),
     )

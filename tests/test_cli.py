@@ -65,7 +65,7 @@ def test_train_writes_a_complete_run(variant: str, data_dir: Path, tmp_path: Pat
     assert f"data: folder {data_dir.resolve()}" in printed
     assert {p.name for p in out.iterdir()} == RUN_FILES
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [0, 1]
+    assert [r["epoch"] for r in rows] == [1, 2]  # 1-based, as the console
     assert rows[1]["loss"] < rows[0]["loss"]  # it learns
     for key in (
         "loss",
@@ -84,7 +84,7 @@ def test_train_writes_a_complete_run(variant: str, data_dir: Path, tmp_path: Pat
     assert rows[0]["lr"] < 0.1 and rows[0]["lr_last"] == pytest.approx(0.1)  # warm-up
     assert rows[1]["lr"] == pytest.approx(0.02)  # milestone 1: /5
     res = json.loads((out / "results.json").read_text())
-    assert res["reported"] == "final" and res["final"]["epoch"] == 1
+    assert res["reported"] == "final" and res["final"]["epoch"] == 2
     assert res["final"]["top1"] == rows[-1]["test_top1"]
     assert res["best"]["top1"] == max(r["test_top1"] for r in rows)
     assert res["data_source"].startswith("folder")
@@ -205,12 +205,14 @@ def test_bf16_and_channels_last_run(tmp_path: Path, capsys) -> None:
             "optim.epochs=1",
             "data.synthetic_train=128",
             "data.synthetic_test=64",
-            "system.bf16=true",
-            "system.channels_last=true",
+            "system.precision=bf16",
+            "system.channels_last=on",
         ]
     )
     assert main(["train", QUICK, "--synthetic", "--out", str(tmp_path / "r"), *sets]) == 0
     res = json.loads((tmp_path / "r" / "results.json").read_text())
     assert 0.0 <= res["final"]["top1"] <= 100.0
     cfg = json.loads((tmp_path / "r" / "config.json").read_text())
-    assert cfg["system"]["bf16"] and cfg["system"]["channels_last"]
+    assert (cfg["system"]["precision"], cfg["system"]["channels_last"]) == ("bf16", "on")
+    speed = json.loads((tmp_path / "r" / "environment.json").read_text())["starts"][0]["speed"]
+    assert speed["precision"] == "bf16" and speed["channels_last"] is True

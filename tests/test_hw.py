@@ -94,9 +94,15 @@ def test_channels_last_auto_and_override():
     assert decide(Capabilities(device="cuda"), System(channels_last="on")).channels_last is True
 
 
-def test_compile_auto_is_off_on_cpu_and_default_on_cuda():
-    assert decide(cpu(CPUINFO_AMX), System()).compile == "off"
-    assert decide(Capabilities(device="cuda", cuda_bf16=True), System()).compile == "default"
+def test_compile_auto_only_for_long_runs_and_with_a_compiler():
+    long, short = _hw.COMPILE_MIN_STEPS, _hw.COMPILE_MIN_STEPS - 1
+    gpu = Capabilities(device="cuda", cuda_bf16=True)
+    assert decide(gpu, System(), steps=long).compile == "default"
+    assert decide(gpu, System(), steps=short).compile == "off"
+    assert decide(gpu, System()).compile == "off"  # unknown length (evaluation)
+    assert decide(cpu(CPUINFO_AMX, cpp_compiler=True), System(), steps=long).compile == "default"
+    plan = decide(cpu(CPUINFO_AMX, cpp_compiler=False), System(), steps=long)
+    assert plan.compile == "off" and "C++" in plan.why["compile"]
     assert decide(cpu(""), System(compile="max-autotune")).compile == "max-autotune"
 
 

@@ -61,7 +61,11 @@ def test_unknown_key_lists_valid_keys() -> None:
         ("system", "device", "tpu", "choose one of"),
         ("optim", "epochs", "many", "must be an integer"),
         ("optim", "lr", [1], "must be a number"),
-        ("system", "bf16", "maybe", "true or false"),
+        ("system", "deterministic", "maybe", "true or false"),
+        ("system", "precision", "fp16", r"choose one of: \('auto', 'fp32', 'bf16'\)"),
+        ("system", "bf16", "maybe", "system.precision='maybe' is not valid"),  # the old key
+        ("system", "compile", "fast", "choose one of: .*max-autotune"),
+        ("system", "channels_last", "yes", r"choose one of: \('auto', 'on', 'off'\)"),
     ],
 )
 def test_bad_values_are_refused(section: str, key: str, value: object, pattern: str) -> None:
@@ -93,7 +97,7 @@ def test_set_overrides_coerce_types() -> None:
     assert cfg.optim.lr == 0.05
     assert cfg.model.aux_at == ("layer1", "layer3")
     assert cfg.model.widths == (8, 16, 32, 64)
-    assert cfg.system.bf16 is True
+    assert cfg.system.precision == "bf16"  # system.bf16 is the old spelling of precision
     assert cfg.loss.aux_weights == (0.5, 0.25)
     assert cfg.data.max_angle == 10.0 and isinstance(cfg.data.max_angle, float)
     assert cfg.name == "my run"

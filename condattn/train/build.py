@@ -117,7 +117,7 @@ def augment_kind(augment: str, image_size: tuple[int, int]) -> str:
 
 
 def build_augment(
-    cfg: TrainConfig, *, train: bool, data: ImageData | None = None
+    cfg: TrainConfig, *, train: bool, data: ImageData | None = None, channels_last: bool = False
 ) -> BatchAugment | BatchRandomResizedCrop:
     """The train augmentation (``data.augment``) or normalise-only for eval.
 
@@ -129,13 +129,14 @@ def build_augment(
         train: the train augmentation; else normalisation only.
         data: the loaded dataset, for its mean/std and image size. None: CIFAR-100's published
             mean/std and 32 px (what runs used before datasets carried their statistics).
+        channels_last: batches in ``torch.channels_last`` format (the run's SpeedPlan says).
     """
     d = cfg.data
     mean = data.mean if data is not None else CIFAR100_MEAN
     std = data.std if data is not None else CIFAR100_STD
     if d.normalize == "mean":
         std = (1.0,) * len(mean)
-    common = {"mean": mean, "std": std, "channels_last": cfg.system.channels_last}
+    common = {"mean": mean, "std": std, "channels_last": channels_last}
     if not train:
         return BatchAugment.eval_transform(**common)
     size = data.image_size if data is not None else (32, 32)

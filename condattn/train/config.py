@@ -17,8 +17,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from condattn._hw import CHANNELS_LAST, COMPILE_MODES, PRECISIONS
+
 __all__ = [
     "CHOICES",
+    "LEGACY_KEYS",
     "PAPER_LOSS_W",
     "SECTIONS",
     "VARIANTS",
@@ -30,6 +33,7 @@ __all__ = [
     "PaperConfig",
     "SystemConfig",
     "TrainConfig",
+    "upgrade_keys",
     "validate",
 ]
 
@@ -117,7 +121,7 @@ class OptimConfig:
     epochs: int = 200
     # Linear per-step warm-up over the first epoch (paper section 4, after He et al.).
     warmup_epochs: int = 1
-    # lr is multiplied by gamma at the start of these (0-based) epochs: /5 at 60, 120, 160.
+    # lr is multiplied by gamma after this many finished epochs: /5 from epoch 61, 121, 161.
     milestones: tuple[int, ...] = (60, 120, 160)
     gamma: float = 0.2
 
@@ -176,13 +180,18 @@ class SystemConfig:
     seed: int = 0
     # "auto" = cuda when available.
     device: str = "auto"
-    # bf16 autocast for the forward pass (GPU speed; off for paper parity).
-    bf16: bool = False
-    # channels_last memory format (faster convs on GPU).
-    channels_last: bool = False
-    # torch.compile the model (slow start, faster steps on GPU).
-    compile: bool = False
-    # torch.set_num_threads; 0 leaves torch's default.
+    # The speed keys below are decided once at start-up from the hardware (condattn._hw.decide)
+    # and logged in environment.json; "auto" picks, any other value overrides.
+    # "auto": bf16 autocast of forward and loss where the hardware runs bf16 natively (CUDA GPUs
+    # with bf16, CPUs with AMX or AVX512-BF16), else "fp32". Weights and optimiser stay fp32.
+    precision: str = "auto"
+    # channels_last memory format: "auto" = on for CPUs (measured faster) and bf16 GPUs.
+    channels_last: str = "auto"
+    # torch.compile mode or "off"; "auto" compiles runs of >= 10,000 steps (compiling takes
+    # minutes; it pays back only over long runs), with inductor's "default" mode.
+    compile: str = "auto"
+    # torch.set_num_threads; 0 = the cores this process may use (affinity, cgroup quota), or
+    # OMP_NUM_THREADS when set.
     threads: int = 0
     # torch.use_deterministic_algorithms + no cudnn benchmark: bit-identical resume.
     deterministic: bool = False
@@ -246,11 +255,42 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("model", "cond_init"): COND_INITS,
     ("model", "cond"): CONDS,
     ("system", "device"): DEVICES,
+    ("system", "precision"): PRECISIONS,
+    ("system", "channels_last"): CHANNELS_LAST,
+    ("system", "compile"): COMPILE_MODES,
     ("system", "progress"): ("auto", "on", "off"),
     ("data", "dataset"): ("cifar100", "cifar10", "imagefolder", "synthetic"),
     ("data", "augment"): ("auto", "paper", "rrc"),
     ("data", "normalize"): ("mean_std", "mean"),
 }
+# Old spellings that recipes, saved configs and checkpoints may still hold, by (section, key):
+# the new key and the new value of each old one.
+LEGACY_KEYS: dict[tuple[str, str], tuple[str, dict[Any, Any]]] = {
+    ("system", "bf16"): ("precision", {True: "bf16", False: "fp32"}),
+}
+# Keys that were booleans: true/false still read as these words.
+_BOOL_WORDS: dict[tuple[str, str], dict[bool, str]] = {
+    ("system", "channels_last"): {True: "on", False: "off"},
+    ("system", "compile"): {True: "default", False: "off"},
+}
+
+
+def upgrade_keys(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Translates old spellings in one section's values (:data:`LEGACY_KEYS`, booleans of keys
+    that became vocabularies); an old and a new key for the same setting is an error."""
+    out = dict(values)
+    for (sec, old), new in LEGACY_KEYS.items():
+        if sec != section or old not in out:
+            continue
+        value = out.pop(old)
+        key, mapping = new
+        if key in values:
+            raise ConfigError(f"{section}.{old} and {section}.{key} both given; keep {key}")
+        out[key] = mapping.get(value, value)
+    for (sec, key), words in _BOOL_WORDS.items():
+        if sec == section and isinstance(out.get(key), bool):
+            out[key] = words[out[key]]
+    return out
 
 
 def _check_model_names(m: ModelConfig) -> None:

@@ -3,7 +3,8 @@
 Run directory (written by rank 0 only)::
 
     config.json, config.toml   the resolved config (explicit lossW etc.)
-    environment.json           device, torch, git SHA, threads, host (one entry per start)
+    environment.json           device, torch, git SHA, threads, host, and the speed plan
+                               (precision, channels_last, compile, threads: why each) per start
     metrics.jsonl              one line per epoch (losses, lr, train/test top-1/top-5, timings)
     checkpoint.pt              written atomically after every epoch; ``resume=True`` continues it
     curves.png                 train and test top-1 error vs epoch (paper Figs. 3-5)
@@ -14,6 +15,11 @@ Determinism: the data order and augmentation of epoch ``e`` depend only on ``(se
 reseeded from ``(seed, e)`` at the start of every epoch. With ``system.deterministic=true`` and a
 fixed ``system.threads``, a run killed at any point and resumed from its last checkpoint follows
 exactly the trajectory of an uninterrupted run (bit-identical weights and metrics).
+
+Speed: the precision (bf16 autocast or fp32), memory format, compile mode and thread count are
+decided once per start by :func:`speed_plan` (:func:`condattn._hw.decide` on this machine) and
+used alike by training and evaluation. A step never waits for the device: metrics accumulate on
+it (:class:`~condattn.train.metrics.MetricSums`) and are read once per epoch.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +38,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from condattn import _hw
 from condattn._io import atomic_write_text, derive_seed, provenance
 from condattn.data import CifarData, TensorLoader
 from condattn.losses import DeepSupervisionLoss
@@ -56,28 +63,25 @@ from condattn.train.metrics import MetricSums, append_jsonl, read_jsonl, write_j
 from condattn.train.recipe import config_to_toml
 from condattn.train.schedule import PaperSchedule, make_scheduler
 
-__all__ = ["TIMING_FIELDS", "evaluate", "train"]
+__all__ = ["TIMING_FIELDS", "evaluate", "speed_plan", "train"]
 
 # Fields of a metrics.jsonl line that measure time and so differ between identical runs.
 TIMING_FIELDS = ("epoch_time_s", "train_time_s", "eval_time_s", "img_per_s")
 # Config keys that may differ when resuming (they do not change the trajectory).
 _RESUME_MAY_CHANGE = {("system", "progress"), ("optim", "epochs")}
-# Without a progress bar (stdout not a terminal, or system.progress = "off"), rank 0 logs a line
-# at least this often (seconds) during an epoch, so that a job under nohup or writing to a log
-# file is never silent for minutes. A module constant, so that tests can make it tiny.
-LOG_EVERY_S = 30.0
 
 
 @contextlib.contextmanager
-def _global_torch_state(cfg: TrainConfig, device: torch.device) -> Iterator[None]:
-    """Applies threads/determinism settings and restores them afterwards."""
+def _global_torch_state(
+    cfg: TrainConfig, device: torch.device, plan: _hw.SpeedPlan
+) -> Iterator[None]:
+    """Applies the plan's threads and the determinism settings; restores them afterwards."""
     threads = torch.get_num_threads()
     det = torch.are_deterministic_algorithms_enabled()
     det_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     bench = torch.backends.cudnn.benchmark
     try:
-        if cfg.system.threads:
-            torch.set_num_threads(cfg.system.threads)
+        torch.set_num_threads(plan.threads)
         if cfg.system.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -91,8 +95,17 @@ def _global_torch_state(cfg: TrainConfig, device: torch.device) -> Iterator[None
         torch.backends.cudnn.benchmark = bench
 
 
-def _autocast(cfg: TrainConfig, device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.system.bf16)
+def speed_plan(
+    cfg: TrainConfig, device: torch.device, *, steps: int | None = None
+) -> _hw.SpeedPlan:
+    """The run's speed choices: :func:`condattn._hw.decide` for this machine and ``[system]``.
+
+    Args:
+        cfg: the config (``system.precision``, ``channels_last``, ``compile``, ``threads``).
+        device: where the run computes.
+        steps: the run's train steps (``compile="auto"`` compiles long runs only).
+    """
+    return _hw.decide(_hw.detect(device), cfg.system, steps=steps)
 
 
 @torch.no_grad()
@@ -101,16 +114,21 @@ def evaluate(
     loader: TensorLoader,
     *,
     criterion: DeepSupervisionLoss,
-    cfg: TrainConfig,
     num_aux: int,
+    plan: _hw.SpeedPlan | None = None,
 ) -> dict[str, Any]:
-    """Test loss and top-1/top-5 (%) over the whole (sharded, all-reduced) test set."""
+    """Test loss and top-1/top-5 (%) over the whole (sharded, all-reduced) test set.
+
+    Runs on the training's fast path: the plan's autocast (None: fp32), with the model and the
+    loader already in the plan's memory format, at the loader's (large) batch size.
+    """
+    plan = plan or _hw.SpeedPlan()
     model.eval()
     sums = MetricSums(num_aux=num_aux, device=loader.device)
     for x, y in loader.epoch(0):
         if y.shape[0] == 0:
             continue
-        with _autocast(cfg, loader.device):
+        with plan.autocast(loader.device.type):
             out = as_output(model(x))
             parts = criterion(out, y)
         sums.add(logits=out.logits, target=y, loss=parts.total, main=parts.main, aux=parts.aux)
@@ -119,16 +137,13 @@ def evaluate(
 
 
 def _check_resumable(cfg: TrainConfig, saved: dict[str, Any]) -> None:
-    """Refuses to resume under another config. A key missing from the checkpoint's config (saved
-    before that field existed, e.g. ``model.kwargs`` or ``data.dataset``) counts as its default."""
-    now, defaults = cfg.to_dict(), TrainConfig().to_dict()
+    now = cfg.to_dict()
     diffs = [
-        f"{section}.{k}: checkpoint {old!r} != now {v!r}"
+        f"{section}.{k}: checkpoint {saved[section].get(k)!r} != now {v!r}"
         for section in now
         if isinstance(now[section], dict)
         for k, v in now[section].items()
-        if (section, k) not in _RESUME_MAY_CHANGE
-        and (old := saved.get(section, {}).get(k, defaults[section][k])) != v
+        if (section, k) not in _RESUME_MAY_CHANGE and saved.get(section, {}).get(k) != v
     ]
     if diffs:
         raise ValueError(
@@ -169,11 +184,13 @@ def train(
     env = D.setup(device)
     if not env.is_main:
         log = lambda *a, **k: None  # noqa: E731
-    with _global_torch_state(cfg, device):
+    steps = cfg.optim.epochs * (int(data.train_images.shape[0]) // cfg.optim.batch_size)
+    plan = speed_plan(cfg, device, steps=steps)
+    with _global_torch_state(cfg, device, plan):
         state = load_checkpoint(run_dir / CHECKPOINT_NAME) if resume else None
         if state is not None:
             _check_resumable(cfg, state["config"])  # before building anything: fail fast
-        run = _build(cfg, data=data, run_dir=run_dir, env=env, device=device)
+        run = _build(cfg, data=data, run_dir=run_dir, env=env, device=device, plan=plan)
         _restore(run, state, resume=resume)
         return _fit(run, data=data, log=log)
 
@@ -192,6 +209,7 @@ class _Run:
     criterion: DeepSupervisionLoss
     train_loader: TensorLoader
     test_loader: TensorLoader
+    plan: _hw.SpeedPlan  # precision, memory format, compile mode, threads (speed_plan)
     start_epoch: int = 0
     # The best test top-1 so far (informational; the final epoch is the reported number).
     best: dict[str, Any] = dataclasses.field(
@@ -205,13 +223,23 @@ class _Run:
 
 
 def _build(
-    cfg: TrainConfig, *, data: CifarData, run_dir: Path, env: D.DistEnv, device: torch.device
+    cfg: TrainConfig,
+    *,
+    data: CifarData,
+    run_dir: Path,
+    env: D.DistEnv,
+    device: torch.device,
+    plan: _hw.SpeedPlan,
 ) -> _Run:
-    """Step 1: the model (seeded init), optimiser, loss, loaders and the paper's schedule."""
+    """Step 1: the model (seeded init), optimiser, loss, loaders and the paper's schedule.
+
+    The data stays on ``device`` as uint8 and is augmented there, in the plan's memory format.
+    """
     s, o = cfg.system, cfg.optim
     torch.manual_seed(s.seed)  # the model init
     core = build_model(cfg, num_classes=data.num_classes).to(device)
-    if s.channels_last:
+    cl = plan.channels_last
+    if cl:
         core = core.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, core)
     common = {"seed": s.seed, "device": device, "rank": env.rank, "world_size": env.world_size}
@@ -221,7 +249,7 @@ def _build(
         batch_size=o.batch_size,
         shuffle=True,
         drop_last=True,  # equal per-rank batches every step (DDP averages gradients)
-        augment=build_augment(cfg, train=True, data=data),
+        augment=build_augment(cfg, train=True, channels_last=cl),
         **common,
     )
     eval_bs = max(env.world_size, s.eval_batch_size // env.world_size * env.world_size)
@@ -230,7 +258,7 @@ def _build(
         data.test_labels,
         batch_size=eval_bs,
         shuffle=False,
-        augment=build_augment(cfg, train=False, data=data),
+        augment=build_augment(cfg, train=False, channels_last=cl),
         **common,
     )
     schedule = PaperSchedule(
@@ -250,6 +278,7 @@ def _build(
         criterion=build_loss(cfg),
         train_loader=train_loader,
         test_loader=test_loader,
+        plan=plan,
     )
 
 
@@ -279,6 +308,8 @@ def _open_run_dir(run: _Run, *, resume: bool) -> None:
         **provenance(run.device, world_size=run.env.world_size, argv=sys.argv),
         "start_epoch": run.start_epoch,
         "resumed": resume,
+        "speed": run.plan.to_dict(),  # the start-up choices, why, and the capabilities read
+        "thread_env": _hw.thread_env_record(),
     }
     write_json(d / "environment.json", {"starts": [*starts, entry]})
     # Drop lines of epochs the checkpoint does not cover (killed after logging them).
@@ -289,9 +320,7 @@ def _open_run_dir(run: _Run, *, resume: bool) -> None:
 def _fit(run: _Run, *, data: CifarData, log: Callable[..., None]) -> dict[str, Any]:
     """Steps 3-5 for every remaining epoch, then the results (rank 0 writes results.json)."""
     cfg, env = run.cfg, run.env
-    net: nn.Module = D.wrap_ddp(run.core, env, run.device)
-    if cfg.system.compile:
-        net = torch.compile(net)
+    net, eval_net = _nets(run)
     params = count_params(run.core)
     log(
         f"model {cfg.model.arch} variant={cfg.model.variant} params={params / 1e6:.3f}M "
@@ -304,7 +333,7 @@ def _fit(run: _Run, *, data: CifarData, log: Callable[..., None]) -> dict[str, A
     for epoch in tqdm(
         epochs, desc="epochs", disable=not show, initial=run.start_epoch, total=cfg.optim.epochs
     ):
-        row = _run_epoch(run, net, epoch, show=show, log=log)
+        row = _run_epoch(run, net, eval_net, epoch, show=show)
         _record(run, row)
         msg = _epoch_message(row, epochs=cfg.optim.epochs)
         (tqdm.write if show else log)(msg)
@@ -322,17 +351,28 @@ def _fit(run: _Run, *, data: CifarData, log: Callable[..., None]) -> dict[str, A
     return results
 
 
+def _nets(run: _Run) -> tuple[nn.Module, nn.Module]:
+    """What trains (the DDP-wrapped model) and what evaluates (the model itself), each compiled
+    when the plan says so (evaluation gets its own graph: it runs in eval mode)."""
+    net: nn.Module = D.wrap_ddp(run.core, run.env, run.device)
+    mode = run.plan.compile
+    if mode == "off":
+        return net, run.core
+    options = {} if mode == "default" else {"mode": mode}
+    return torch.compile(net, **options), torch.compile(run.core, **options)
+
+
 def _run_epoch(
-    run: _Run, net: nn.Module, epoch: int, *, show: bool, log: Callable[..., None]
+    run: _Run, net: nn.Module, eval_net: nn.Module, epoch: int, *, show: bool
 ) -> dict[str, Any]:
     """One epoch: train (step 3), evaluate (step 4); returns its metrics.jsonl row."""
     t0 = time.perf_counter()
-    tr, lr_start, lr_last = _train_epoch(run, net, epoch, show=show, log=log)
+    tr, lr_start, lr_last = _train_epoch(run, net, epoch, show=show)
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)
     t_train = time.perf_counter() - t0
     te = evaluate(
-        run.core, run.test_loader, criterion=run.criterion, cfg=run.cfg, num_aux=run.num_aux
+        eval_net, run.test_loader, criterion=run.criterion, num_aux=run.num_aux, plan=run.plan
     )
     t_epoch = time.perf_counter() - t0
     return {
@@ -356,15 +396,14 @@ def _run_epoch(
 
 
 def _train_epoch(
-    run: _Run, net: nn.Module, epoch: int, *, show: bool, log: Callable[..., None]
+    run: _Run, net: nn.Module, epoch: int, *, show: bool
 ) -> tuple[dict[str, Any], float, float]:
     """Step 3: one pass over the training set; returns the (all-reduced) means and the lrs of
-    the first and the last step. Without a bar, rank 0 logs progress (:class:`_Heartbeat`)."""
+    the first and the last step."""
     torch.manual_seed(derive_seed(run.cfg.system.seed, "torch", epoch))  # dropout: (seed, epoch)
     net.train()
     sums = MetricSums(num_aux=run.num_aux, device=run.device)
-    optimizer = run.optimizer
-    lr_start = lr_last = optimizer.param_groups[0]["lr"]
+    lr_start = run.optimizer.param_groups[0]["lr"]
     steps = tqdm(
         run.train_loader.epoch(epoch),
         total=len(run.train_loader),
@@ -372,10 +411,27 @@ def _train_epoch(
         leave=False,
         disable=not show,
     )
-    beat = _Heartbeat(run, epoch, log=log) if run.env.is_main and not show else None
-    for step, (x, y) in enumerate(steps, start=1):
-        lr_last = optimizer.param_groups[0]["lr"]
-        with _autocast(run.cfg, run.device):
+    lr_last = _train_steps(run, net, steps, sums=sums)
+    D.all_reduce_sum(sums.sums)
+    return sums.means(), lr_start, lr_last
+
+
+def _train_steps(
+    run: _Run,
+    net: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    sums: MetricSums,
+    on_step: Callable[[int, MetricSums], None] | None = None,
+) -> float:
+    """The train steps over ``batches`` (forward and loss under the plan's autocast, backward,
+    SGD, scheduler), accumulating into ``sums`` on the device; no host sync. Returns the lr of
+    the last step. ``benchmarks/loop_vs_reference.py`` times this same function."""
+    optimizer = run.optimizer
+    lr = optimizer.param_groups[0]["lr"]
+    for step, (x, y) in enumerate(batches, start=1):
+        lr = optimizer.param_groups[0]["lr"]
+        with run.plan.autocast(run.device.type):
             out = as_output(net(x))
             parts = run.criterion(out, y)
         optimizer.zero_grad(set_to_none=True)
@@ -383,34 +439,9 @@ def _train_epoch(
         optimizer.step()
         run.scheduler.step()
         sums.add(logits=out.logits, target=y, loss=parts.total, main=parts.main, aux=parts.aux)
-        if beat is not None:
-            beat(step, sums)
-    D.all_reduce_sum(sums.sums)
-    return sums.means(), lr_start, lr_last
-
-
-class _Heartbeat:
-    """Logs ``epoch e/E step k/n | img/s | loss`` at most every :data:`LOG_EVERY_S` seconds.
-
-    Checking the clock costs nothing; the running sums are copied to the host (a sync on a GPU)
-    only when a line is due, so the steps in between stay free of host syncs.
-    """
-
-    def __init__(self, run: _Run, epoch: int, *, log: Callable[..., None]) -> None:
-        self.log, self.epoch, self.epochs = log, epoch, run.cfg.optim.epochs
-        self.total, self.world_size = len(run.train_loader), run.env.world_size
-        self.t0 = self.last = time.perf_counter()
-
-    def __call__(self, step: int, sums: MetricSums) -> None:
-        if time.perf_counter() - self.last < LOG_EVERY_S:
-            return
-        m = sums.means()  # this rank's running means so far (the sync happens here)
-        self.last = time.perf_counter()
-        rate = m["n"] * self.world_size / max(self.last - self.t0, 1e-9)
-        self.log(
-            f"epoch {self.epoch + 1}/{self.epochs} step {step}/{self.total} | {rate:.0f} img/s "
-            f"| loss {m['loss']:.4f} train top1 {m['top1']:.2f}"
-        )
+        if on_step is not None:
+            on_step(step, sums)
+    return lr
 
 
 def _record(run: _Run, row: dict[str, Any]) -> None:

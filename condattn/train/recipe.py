@@ -9,7 +9,7 @@ A recipe is a TOML file with up to six tables, one per dataclass of
     [loss]   aux_weights = [0.3, 0.3]
     [optim]  lr = 0.1; milestones = [60, 120, 160]; gamma = 0.2 ...
     [data]   train_subset = 0 ...
-    [system] seed = 0; bf16 = false ...
+    [system] seed = 0; precision = "auto" ...
     [paper]  tables = ["3", "4"]; row = "SE-R-ResNet50"; top1 = 79.96
 
 Every key is checked: an unknown key, a value of the wrong type or a value outside a fixed
@@ -30,7 +30,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from condattn.train.config import CHOICES, SECTIONS, ConfigError, TrainConfig, validate
+from condattn.train.config import (
+    CHOICES,
+    LEGACY_KEYS,
+    SECTIONS,
+    ConfigError,
+    TrainConfig,
+    upgrade_keys,
+    validate,
+)
 
 try:
     import tomllib
@@ -97,6 +105,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 
 def _build_section(cls: type, values: Mapping[str, Any], section: str) -> Any:
+    values = upgrade_keys(section, dict(values))  # old spellings, e.g. system.bf16
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(values) - set(hints))
     if unknown:
@@ -200,6 +209,9 @@ def apply_overrides(d: dict[str, Any], overrides: Sequence[str]) -> dict[str, An
                 why = "is ambiguous" if owners else "is unknown"
                 raise ConfigError(f"override key {key!r} {why}; valid keys: {', '.join(valid)}")
             section, name = owners[0], key
+        if (section, name) in LEGACY_KEYS:  # an old spelling: system.bf16=true -> precision=bf16
+            name, mapping = LEGACY_KEYS[section, name]
+            text = str(mapping.get(_parse_value(text), text))
         if section not in fields:
             raise ConfigError(f"unknown section {section!r} in {key!r}; valid: {list(fields)}")
         if name not in fields[section]:
@@ -207,6 +219,8 @@ def apply_overrides(d: dict[str, Any], overrides: Sequence[str]) -> dict[str, An
                 f"unknown key {key!r}; valid keys in [{section}]: {', '.join(fields[section])}"
             )
         out.setdefault(section, {})
+        old = [k for (sec, k), (new, _) in LEGACY_KEYS.items() if (sec, new) == (section, name)]
+        out[section] = {k: v for k, v in out[section].items() if k not in old}  # the override wins
         value = _parse_value(text)
         if entry:
             if typing.get_origin(typing.get_type_hints(SECTIONS[section])[name]) is not dict:
