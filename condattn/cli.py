@@ -9,11 +9,16 @@ Examples::
     condattn train recipes/quick.toml --out runs/q --resume          # continue a killed run
     torchrun --nproc_per_node=2 -m condattn.cli train recipes/quick.toml
     condattn eval runs/quick/checkpoint.pt
-    condattn report runs/se_resnet50 runs/se_r_resnet50 --plot cmp.png
+    condattn report runs/se_resnet50 runs/se_r_resnet50 --plot cmp.png   # --overwrite replaces
     condattn compare recipes/quick.toml --variants se,se_a,se_r --seeds 0,1,2 --jobs 2
     condattn report runs/compare/quick                                # a compare directory
     condattn profile se_resnet50 --variant se_r --rules paper
     condattn analyze runs/se_resnet50/checkpoint.pt runs/se_r_resnet50/checkpoint.pt
+    condattn --version
+
+Every mistake (a bad file, flag, recipe value or environment) ends in one line on stderr,
+``condattn COMMAND: error: ...``, and exit status 2. Commands write only where told (``--out``,
+``--plot``) or into the run directory, and never replace a file without ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,43 @@ _REPO = Path(__file__).resolve().parents[1]
 
 class UserError(Exception):
     """A mistake on the command line; printed without a traceback."""
+
+
+def check_device(requested: str, *, flag: str) -> None:
+    """Refuses a CUDA device that this torch cannot see, in one line naming ``flag``."""
+    import torch
+
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        build = "without CUDA" if torch.version.cuda is None else f"with CUDA {torch.version.cuda}"
+        raise UserError(
+            f"{flag}={requested} but torch {torch.__version__} (built {build}) sees no CUDA "
+            f"device; use {flag}=cpu or {flag}=auto"
+        )
+
+
+def _check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuses to mix a new run into an old one, and says which command works instead."""
+    ckpt = run_dir / "checkpoint.pt"
+    started = ckpt.exists() or (run_dir / "metrics.jsonl").exists()
+    if resume and overwrite:
+        raise UserError("--resume continues a run and --overwrite starts it over: pass one")
+    if resume and not ckpt.is_file():
+        if started:
+            raise UserError(
+                f"--resume: {run_dir} has no checkpoint.pt (its run stopped before finishing "
+                "epoch 1), so there is nothing to resume; start it again with --overwrite"
+            )
+        raise UserError(f"--resume: no run in {run_dir} (no checkpoint.pt); drop --resume")
+    if started and not (resume or overwrite):
+        if ckpt.exists():
+            raise UserError(
+                f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to "
+                "start over, or --out for another directory"
+            )
+        raise UserError(
+            f"{run_dir} holds a run that stopped before its first checkpoint (nothing to "
+            "resume); pass --overwrite to start it again, or --out for another directory"
+        )
 
 
 def _resolve_recipe(name: str) -> str:
@@ -80,15 +122,10 @@ def _run_train(args: argparse.Namespace) -> int:
     cfg = load_recipe(_resolve_recipe(args.recipe), args.overrides)
     run_dir = Path(args.out) if args.out else Path("runs") / cfg.name
     env = D.detect()
-    if args.resume and not (run_dir / "checkpoint.pt").is_file():
-        raise UserError(f"--resume: no checkpoint at {run_dir / 'checkpoint.pt'}")
-    started = (run_dir / "checkpoint.pt").exists() or (run_dir / "metrics.jsonl").exists()
-    if env.is_main and started and not (args.resume or args.overwrite):
-        raise UserError(
-            f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to start "
-            "over, or --out for another directory"
-        )
-    if env.is_main and args.overwrite and not args.resume:
+    check_device(cfg.system.device, flag="--set system.device")
+    if env.is_main:
+        _check_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite)
+    if env.is_main and args.overwrite:
         for name in ("checkpoint.pt", "metrics.jsonl", "results.json", "environment.json"):
             (run_dir / name).unlink(missing_ok=True)
     data = load_data(cfg, root=args.data, synthetic=args.synthetic, download=args.download)
@@ -127,6 +164,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     from condattn.train.loop import evaluate, speed_plan
     from condattn.train.recipe import config_from_dict
 
+    check_device(args.device, flag="--device")
     state = load_checkpoint(args.checkpoint)
     cfg = config_from_dict(state["config"])
     cfg = dataclasses.replace(cfg, system=dataclasses.replace(cfg.system, device=args.device))
@@ -134,7 +172,9 @@ def _run_eval(args: argparse.Namespace) -> int:
     device = D.device_for(D.DistEnv(), args.device)
     plan = speed_plan(cfg, device)  # the training's fast path: precision, format, threads
     torch.set_num_threads(plan.threads)
-    model = model_from_checkpoint(state, num_classes=data.num_classes).to(device)
+    model = model_from_checkpoint(
+        state, num_classes=data.num_classes, source=str(args.checkpoint)
+    ).to(device)
     if plan.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loader = TensorLoader(
@@ -142,7 +182,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         data.test_labels,
         batch_size=cfg.system.eval_batch_size,
         shuffle=False,
-        augment=build_augment(cfg, train=False, channels_last=plan.channels_last),
+        augment=build_augment(cfg, train=False, data=data, channels_last=plan.channels_last),
         device=device,
     )
     with torch.inference_mode():
@@ -171,7 +211,10 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 def _add_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories")
-    p.add_argument("--plot", default="comparison.png", help="comparison plot PNG to write")
+    p.add_argument(
+        "--plot", metavar="PNG", help="also draw the runs' test-error curves into this file"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
 
 
 def _fmt(v: float | None, nd: int = 2) -> str:
@@ -215,9 +258,14 @@ def _run_report(args: argparse.Namespace) -> int:
         print(render_markdown(refresh_summary(args.run_dirs[0])), end="")
         return 0
     table, histories = report_table(args.run_dirs)
+    if args.plot and Path(args.plot).exists() and not args.overwrite:
+        raise UserError(f"--plot {args.plot} exists; pass --overwrite to replace it")
     print(table)
+    if not args.plot:
+        print("\n(no plot written: --plot FILE.png draws the test-error curves)")
+        return 0
     path = plot_comparison(histories, args.plot)
-    print(f"\ncomparison plot: {path}")
+    print(f"\ncomparison plot written to {path}")
     return 0
 
 
@@ -274,29 +322,42 @@ def _run_compare(args: argparse.Namespace) -> int:
 
 
 def _add_profile(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="a registered model name, e.g. se_resnet50")
+    p.add_argument(
+        "model", help="a registered model name (e.g. se_resnet50), timm:NAME or torchvision:NAME"
+    )
     p.add_argument("--variant", default="se", help="se | se_a | se_r")
     p.add_argument("--rules", default="paper", help="MAC rules: paper | thop | flop_counter")
     p.add_argument("--num-classes", type=int, default=100)
-    p.add_argument("--r", type=int, default=8, help="SE reduction ratio")
-    p.add_argument("--aux-at", default="layer2,layer3", help="comma-separated stages for heads")
+    p.add_argument("--r", type=int, help="SE reduction ratio of condattn's zoo models (default 8)")
+    p.add_argument(
+        "--aux-at",
+        help="comma-separated stages for heads, or auto (default: layer2,layer3 for the zoo, "
+        "auto for timm:/torchvision: models)",
+    )
+    p.add_argument("--image-size", type=int, default=32, help="side of the square input")
 
 
 def _run_profile(args: argparse.Namespace) -> int:
+    from condattn.models import is_external
     from condattn.profiling import MAC_RULES, count_macs, count_params
     from condattn.train.build import build_model
     from condattn.train.recipe import config_from_dict
 
     if args.rules not in MAC_RULES:
         raise UserError(f"unknown --rules {args.rules!r}; valid: {', '.join(MAC_RULES)}")
-    cfg = config_from_dict(
-        {"model": {"arch": args.model, "variant": args.variant, "r": args.r, "aux_at": args.aux_at}}
-    )
+    external = is_external(args.model)
+    model_cfg = {"arch": args.model, "variant": args.variant}
+    model_cfg["aux_at"] = args.aux_at or ("auto" if external else "layer2,layer3")
+    if args.r is not None:  # zoo only: the config refuses r for a timm:/torchvision: model
+        model_cfg["r"] = args.r
+    cfg = config_from_dict({"model": model_cfg})
     model = build_model(cfg, num_classes=args.num_classes)
-    params, macs = count_params(model), count_macs(model, (1, 3, 32, 32), rules=args.rules)
+    shape = (1, 3, args.image_size, args.image_size)
+    params, macs = count_params(model), count_macs(model, shape, rules=args.rules)
+    r = "" if external else f" r={cfg.model.r}"
     print(
-        f"{args.model} variant={args.variant} r={args.r}: params {params / 1e6:.3f}M, "
-        f"MACs {macs / 1e9:.3f}G (rules={args.rules}, input 1x3x32x32)"
+        f"{args.model} variant={args.variant}{r}: params {params / 1e6:.3f}M, "
+        f"MACs {macs / 1e9:.3f}G (rules={args.rules}, input {'x'.join(map(str, shape))})"
     )
     return 0
 
@@ -339,10 +400,21 @@ COMMANDS: dict[
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="condattn", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_, add, _run) in COMMANDS.items():
         add(sub.add_parser(name, help=help_))
     return parser
+
+
+def _version() -> str:
+    import platform
+
+    import torch
+
+    from condattn import __version__
+
+    return f"condattn {__version__} (torch {torch.__version__}, python {platform.python_version()})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -69,6 +69,10 @@ __all__ = ["TIMING_FIELDS", "evaluate", "speed_plan", "train"]
 TIMING_FIELDS = ("epoch_time_s", "train_time_s", "eval_time_s", "img_per_s")
 # Config keys that may differ when resuming (they do not change the trajectory).
 _RESUME_MAY_CHANGE = {("system", "progress"), ("optim", "epochs")}
+# Without a progress bar (stdout not a terminal, or system.progress = "off"), rank 0 logs a line
+# at least this often (seconds) during an epoch, so that a job under nohup or writing to a log
+# file is never silent for minutes. A module constant, so that tests can make it tiny.
+LOG_EVERY_S = 30.0
 
 
 @contextlib.contextmanager
@@ -137,13 +141,16 @@ def evaluate(
 
 
 def _check_resumable(cfg: TrainConfig, saved: dict[str, Any]) -> None:
-    now = cfg.to_dict()
+    """Refuses to resume under another config. A key missing from the checkpoint's config (saved
+    before that field existed, e.g. ``model.kwargs`` or ``data.dataset``) counts as its default."""
+    now, defaults = cfg.to_dict(), TrainConfig().to_dict()
     diffs = [
-        f"{section}.{k}: checkpoint {saved[section].get(k)!r} != now {v!r}"
+        f"{section}.{k}: checkpoint {old!r} != now {v!r}"
         for section in now
         if isinstance(now[section], dict)
         for k, v in now[section].items()
-        if (section, k) not in _RESUME_MAY_CHANGE and saved.get(section, {}).get(k) != v
+        if (section, k) not in _RESUME_MAY_CHANGE
+        and (old := saved.get(section, {}).get(k, defaults[section][k])) != v
     ]
     if diffs:
         raise ValueError(
@@ -249,7 +256,7 @@ def _build(
         batch_size=o.batch_size,
         shuffle=True,
         drop_last=True,  # equal per-rank batches every step (DDP averages gradients)
-        augment=build_augment(cfg, train=True, channels_last=cl),
+        augment=build_augment(cfg, train=True, data=data, channels_last=cl),
         **common,
     )
     eval_bs = max(env.world_size, s.eval_batch_size // env.world_size * env.world_size)
@@ -258,7 +265,7 @@ def _build(
         data.test_labels,
         batch_size=eval_bs,
         shuffle=False,
-        augment=build_augment(cfg, train=False, channels_last=cl),
+        augment=build_augment(cfg, train=False, data=data, channels_last=cl),
         **common,
     )
     schedule = PaperSchedule(
@@ -333,7 +340,7 @@ def _fit(run: _Run, *, data: CifarData, log: Callable[..., None]) -> dict[str, A
     for epoch in tqdm(
         epochs, desc="epochs", disable=not show, initial=run.start_epoch, total=cfg.optim.epochs
     ):
-        row = _run_epoch(run, net, eval_net, epoch, show=show)
+        row = _run_epoch(run, net, eval_net, epoch, show=show, log=log)
         _record(run, row)
         msg = _epoch_message(row, epochs=cfg.optim.epochs)
         (tqdm.write if show else log)(msg)
@@ -363,11 +370,17 @@ def _nets(run: _Run) -> tuple[nn.Module, nn.Module]:
 
 
 def _run_epoch(
-    run: _Run, net: nn.Module, eval_net: nn.Module, epoch: int, *, show: bool
+    run: _Run,
+    net: nn.Module,
+    eval_net: nn.Module,
+    epoch: int,
+    *,
+    show: bool,
+    log: Callable[..., None],
 ) -> dict[str, Any]:
     """One epoch: train (step 3), evaluate (step 4); returns its metrics.jsonl row."""
     t0 = time.perf_counter()
-    tr, lr_start, lr_last = _train_epoch(run, net, epoch, show=show)
+    tr, lr_start, lr_last = _train_epoch(run, net, epoch, show=show, log=log)
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)
     t_train = time.perf_counter() - t0
@@ -396,10 +409,10 @@ def _run_epoch(
 
 
 def _train_epoch(
-    run: _Run, net: nn.Module, epoch: int, *, show: bool
+    run: _Run, net: nn.Module, epoch: int, *, show: bool, log: Callable[..., None]
 ) -> tuple[dict[str, Any], float, float]:
     """Step 3: one pass over the training set; returns the (all-reduced) means and the lrs of
-    the first and the last step."""
+    the first and the last step. Without a bar, rank 0 logs progress (:class:`_Heartbeat`)."""
     torch.manual_seed(derive_seed(run.cfg.system.seed, "torch", epoch))  # dropout: (seed, epoch)
     net.train()
     sums = MetricSums(num_aux=run.num_aux, device=run.device)
@@ -411,7 +424,8 @@ def _train_epoch(
         leave=False,
         disable=not show,
     )
-    lr_last = _train_steps(run, net, steps, sums=sums)
+    beat = _Heartbeat(run, epoch, log=log) if run.env.is_main and not show else None
+    lr_last = _train_steps(run, net, steps, sums=sums, on_step=beat)
     D.all_reduce_sum(sums.sums)
     return sums.means(), lr_start, lr_last
 
@@ -442,6 +456,30 @@ def _train_steps(
         if on_step is not None:
             on_step(step, sums)
     return lr
+
+
+class _Heartbeat:
+    """Logs ``epoch e/E step k/n | img/s | loss`` at most every :data:`LOG_EVERY_S` seconds.
+
+    Checking the clock costs nothing; the running sums are copied to the host (a sync on a GPU)
+    only when a line is due, so the steps in between stay free of host syncs.
+    """
+
+    def __init__(self, run: _Run, epoch: int, *, log: Callable[..., None]) -> None:
+        self.log, self.epoch, self.epochs = log, epoch, run.cfg.optim.epochs
+        self.total, self.world_size = len(run.train_loader), run.env.world_size
+        self.t0 = self.last = time.perf_counter()
+
+    def __call__(self, step: int, sums: MetricSums) -> None:
+        if time.perf_counter() - self.last < LOG_EVERY_S:
+            return
+        m = sums.means()  # this rank's running means so far (the sync happens here)
+        self.last = time.perf_counter()
+        rate = m["n"] * self.world_size / max(self.last - self.t0, 1e-9)
+        self.log(
+            f"epoch {self.epoch + 1}/{self.epochs} step {step}/{self.total} | {rate:.0f} img/s "
+            f"| loss {m['loss']:.4f} train top1 {m['top1']:.2f}"
+        )
 
 
 def _record(run: _Run, row: dict[str, Any]) -> None:
