@@ -305,12 +305,12 @@ def test_killed_run_is_resumed_and_unstarted_run_restarted(tmp_path: Path) -> No
     )
     assert "2 runs: 0 done (reused), 1 to resume, 1 to train" in lines[0]
     starts = json.loads((killed.run_dir / "environment.json").read_text())["starts"]
-    assert [(s["resumed"], s["start_epoch"]) for s in starts] == [(False, 0), (True, 1)]
+    assert [(s["resumed"], s["start_epoch"]) for s in starts] == [(False, 1), (True, 2)]
     starts = json.loads((unstarted.run_dir / "environment.json").read_text())["starts"]
-    assert [(s["resumed"], s["start_epoch"]) for s in starts] == [(False, 0)]
+    assert [(s["resumed"], s["start_epoch"]) for s in starts] == [(False, 1)]
     for run in (killed, unstarted):
         rows = [json.loads(x) for x in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
-        assert [r["epoch"] for r in rows] == [0, 1]
+        assert [r["epoch"] for r in rows] == [1, 2]
     assert summary["variants"]["se"]["n"] == 2
     assert summary["differences"] == []  # one variant: nothing to compare
     md = (tmp_path / "compare.md").read_text()

@@ -82,7 +82,7 @@ def test_kill_and_resume_is_bit_identical(tmp_path: Path) -> None:
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(timeout=30)
     assert victim.returncode == -signal.SIGKILL
-    assert load_checkpoint(ckpt)["epoch"] == 0, "killed too late: epoch 1 had already finished"
+    assert load_checkpoint(ckpt)["epoch"] == 1, "killed too late: epoch 2 had already finished"
     assert not (killed / "results.json").exists()
 
     resumed = subprocess.run(
@@ -93,7 +93,7 @@ def test_kill_and_resume_is_bit_identical(tmp_path: Path) -> None:
 
     assert _rows(killed) == _rows(full)
     a, b = load_checkpoint(full), load_checkpoint(killed)
-    assert a["epoch"] == b["epoch"] == 1
+    assert a["epoch"] == b["epoch"] == 2
     assert a["model"].keys() == b["model"].keys()
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), f"weights differ at {k}"
@@ -103,4 +103,4 @@ def test_kill_and_resume_is_bit_identical(tmp_path: Path) -> None:
     rb = json.loads((killed / "results.json").read_text())
     assert ra["final"] == rb["final"] and ra["best"] == rb["best"]
     starts = json.loads((killed / "environment.json").read_text())["starts"]
-    assert [s["start_epoch"] for s in starts] == [0, 1]
+    assert [s["start_epoch"] for s in starts] == [1, 2]

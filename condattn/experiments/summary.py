@@ -311,7 +311,7 @@ def plot_error_curves(
             per_epoch: dict[int, list[float]] = {}
             for h in runs:
                 for r in h:
-                    per_epoch.setdefault(r["epoch"] + 1, []).append(100.0 - r["test_top1"])
+                    per_epoch.setdefault(r["epoch"], []).append(100.0 - r["test_top1"])
             if not per_epoch:
                 continue
             x = sorted(per_epoch)

@@ -10,6 +10,12 @@ Run directory (written by rank 0 only)::
     curves.png                 train and test top-1 error vs epoch (paper Figs. 3-5)
     results.json               final AND best epoch; the final one is the reported number
 
+Epochs are numbered from 1 wherever a user sees them: the console, ``metrics.jsonl``,
+``results.json``, ``environment.json``'s ``start_epoch``, the plots, and the checkpoint's
+``epoch`` (the number of epochs finished). Milestones count finished epochs (lr /5 after 60, i.e.
+from epoch 61). Only the loop's internal index ``e`` below, which seeds the data order and the
+dropout, counts from 0.
+
 Determinism: the data order and augmentation of epoch ``e`` depend only on ``(seed, e)``
 (:class:`~condattn.data.TensorLoader`), and torch's global RNG (dropout in the aux heads) is
 reseeded from ``(seed, e)`` at the start of every epoch. With ``system.deterministic=true`` and a
@@ -217,10 +223,11 @@ class _Run:
     train_loader: TensorLoader
     test_loader: TensorLoader
     plan: _hw.SpeedPlan  # precision, memory format, compile mode, threads (speed_plan)
-    start_epoch: int = 0
-    # The best test top-1 so far (informational; the final epoch is the reported number).
+    start_epoch: int = 0  # the internal (0-based) index of the first epoch to run = epochs done
+    # The best test top-1 so far (informational; the final epoch is the reported number);
+    # epoch 0 = none yet.
     best: dict[str, Any] = dataclasses.field(
-        default_factory=lambda: {"epoch": -1, "top1": -1.0, "top5": 0.0}
+        default_factory=lambda: {"epoch": 0, "top1": -1.0, "top5": 0.0}
     )
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
@@ -296,7 +303,7 @@ def _restore(run: _Run, state: dict[str, Any] | None, *, resume: bool) -> None:
         run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
-        run.start_epoch, run.best = state["epoch"] + 1, state["best"]
+        run.start_epoch, run.best = state["epoch"], state["best"]  # epochs finished
     if run.env.is_main:
         _open_run_dir(run, resume=resume)
     D.barrier()
@@ -313,14 +320,14 @@ def _open_run_dir(run: _Run, *, resume: bool) -> None:
         starts = json.loads((d / "environment.json").read_text()).get("starts", [])
     entry = {
         **provenance(run.device, world_size=run.env.world_size, argv=sys.argv),
-        "start_epoch": run.start_epoch,
+        "start_epoch": run.start_epoch + 1,  # the first epoch this start runs (1-based)
         "resumed": resume,
         "speed": run.plan.to_dict(),  # the start-up choices, why, and the capabilities read
         "thread_env": _hw.thread_env_record(),
     }
     write_json(d / "environment.json", {"starts": [*starts, entry]})
     # Drop lines of epochs the checkpoint does not cover (killed after logging them).
-    run.history = [r for r in read_jsonl(d / "metrics.jsonl") if r["epoch"] < run.start_epoch]
+    run.history = [r for r in read_jsonl(d / "metrics.jsonl") if r["epoch"] <= run.start_epoch]
     write_jsonl(d / "metrics.jsonl", run.history)
 
 
@@ -389,11 +396,11 @@ def _run_epoch(
     )
     t_epoch = time.perf_counter() - t0
     return {
-        "epoch": epoch,
+        "epoch": epoch + 1,  # 1-based, as everywhere a user sees it
         "loss": tr["loss"],
         "main_loss": tr["main_loss"],
         "aux_losses": tr["aux_losses"],
-        "lr": lr_start,  # the first step's lr (warm-up: tiny in epoch 0)
+        "lr": lr_start,  # the first step's lr (warm-up: tiny in epoch 1)
         "lr_last": lr_last,
         "train_top1": tr["top1"],
         "train_top5": tr["top5"],
@@ -420,7 +427,7 @@ def _train_epoch(
     steps = tqdm(
         run.train_loader.epoch(epoch),
         total=len(run.train_loader),
-        desc=f"epoch {epoch}",
+        desc=f"epoch {epoch + 1}",
         leave=False,
         disable=not show,
     )
@@ -497,7 +504,7 @@ def _record(run: _Run, row: dict[str, Any]) -> None:
             "model": run.core.state_dict(),
             "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(),
-            "epoch": row["epoch"],
+            "epoch": row["epoch"],  # epochs finished (resume runs index row["epoch"] next)
             "best": run.best,
             "rng": rng_state(),
             "config": run.cfg.to_dict(),
@@ -507,7 +514,7 @@ def _record(run: _Run, row: dict[str, Any]) -> None:
 
 def _epoch_message(row: dict[str, Any], *, epochs: int) -> str:
     return (
-        f"epoch {row['epoch'] + 1}/{epochs} loss {row['loss']:.4f} lr {row['lr']:.4g} "
+        f"epoch {row['epoch']}/{epochs} loss {row['loss']:.4f} lr {row['lr']:.4g} "
         f"train top1 {row['train_top1']:.2f} test top1 {row['test_top1']:.2f} "
         f"top5 {row['test_top5']:.2f} | {row['epoch_time_s']:.1f} s, {row['img_per_s']:.0f} img/s"
     )

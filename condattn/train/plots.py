@@ -41,7 +41,7 @@ def plot_curves(
         title: the plot title.
     """
     plt = _pyplot()
-    epochs = [r["epoch"] + 1 for r in history]
+    epochs = [r["epoch"] for r in history]  # 1-based in metrics.jsonl
     fig, ax = plt.subplots(figsize=(6, 4))
     try:
         ax.plot(epochs, [100 - r["train_top1"] for r in history], label="train", marker=".")
@@ -72,7 +72,7 @@ def plot_comparison(
     try:
         for i, (label, history) in enumerate(runs.items()):
             colour = f"C{i % 10}"
-            epochs = [r["epoch"] + 1 for r in history]
+            epochs = [r["epoch"] for r in history]  # 1-based in metrics.jsonl
             ax.plot(
                 epochs, [100 - r["test_top1"] for r in history], color=colour, label=f"{label} test"
             )

@@ -5,7 +5,9 @@
   (``W = warmup_epochs * steps_per_epoch``);
 - then ``lr * gamma ** k`` where ``k`` counts the milestones ``<= epoch`` (0-based epochs): with
   the paper's ``milestones=(60, 120, 160)`` and ``gamma=0.2``, epochs 0-59 run at 0.1, 60-119 at
-  0.02, 120-159 at 0.004 and 160-199 at 0.0008 (``MultiStepLR`` stepped after each epoch).
+  0.02, 120-159 at 0.004 and 160-199 at 0.0008 (``MultiStepLR`` stepped after each epoch). The
+  console, ``metrics.jsonl`` and ``results.json`` number epochs from 1: epochs 1-60 there, 61-120,
+  121-160 and 161-200. A milestone counts finished epochs.
 
 The milestones are explicit epochs, not fractions of the run, so a shortened run (``epochs=5``)
 never reaches them; shorten the milestones too when you want the decay.
