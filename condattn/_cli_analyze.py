@@ -2,7 +2,9 @@
 
 The command half of :mod:`condattn.analysis`: it rebuilds the models with
 :func:`condattn.train.checkpoint.load_model` (the loader ``condattn eval`` uses too), picks the
-test images, and writes one stats JSON per model and, for two models, the Fig. 6 plot.
+test images, and writes one stats JSON per model and, for two models, the Fig. 6 plot: into
+``--out``, or else the ``analysis`` folder of the (last) checkpoint's run directory, never over an
+existing file without ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -41,7 +43,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--synthetic", action="store_true", help="use synthetic images instead")
     p.add_argument("--n", type=int, default=128, help="number of test images (paper: 128)")
     p.add_argument("--stage", default="layer3", help="stage to plot (paper: stage 3 = layer3)")
-    p.add_argument("--out", default="analysis", help="output folder (stats JSON + PNG)")
+    p.add_argument(
+        "--out",
+        help="output folder (stats JSON + PNG); default: RUN_DIR/analysis of the last checkpoint",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--seed", type=int, default=0, help="seed of the random image choice")
     p.add_argument("--arch", help="base model for condattn.save files, e.g. se_resnet50")
     p.add_argument(
@@ -52,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="stage widths of the --arch base model (default: the paper's)",
     )
     p.add_argument("--num-classes", type=int, default=None, help="default: from the weights")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
 
 
 def _images(*, n: int, data: str | None, synthetic: bool, seed: int) -> tuple[Tensor, str]:
@@ -70,29 +76,59 @@ def _images(*, n: int, data: str | None, synthetic: bool, seed: int) -> tuple[Te
     return images, f"{ds.source}, {len(idx)} test images (seed {seed})"
 
 
+def _out_dir(args: argparse.Namespace) -> Path:
+    """``--out``, or the ``analysis`` folder beside the last checkpoint (its run directory)."""
+    if args.out:
+        return Path(args.out)
+    last = Path(args.checkpoints[-1])
+    return (last if last.is_dir() else last.parent) / "analysis"
+
+
+def _check_stage(stage: str, all_stats: list[dict]) -> None:
+    names = [k for stats in all_stats for k in stats["blocks"]]
+    if not any(k.startswith(stage + ".") for k in names):
+        under = sorted({k.split(".")[0] for k in names})
+        raise ValueError(
+            f"--stage {stage!r} holds no attention block; stages with attention: "
+            f"{', '.join(under) or '(none: the models have no attention)'}"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     """Stats JSON per model and, for two models, the Fig. 6 plot; returns the exit status."""
+    from condattn.cli import UserError, check_device
+
     if len(args.checkpoints) > 2:
-        raise ValueError("analyze takes one or two checkpoints")
+        raise UserError("analyze takes one or two checkpoints")
+    if args.n < 1:
+        raise UserError(f"--n must be >= 1 (the number of test images), got {args.n}")
+    check_device(args.device, flag="--device")
+    out = _out_dir(args)
+    n = len(args.checkpoints)
+    files = [out / f"attention_stats_{i}.json" for i in range(n)]
+    png = out / "attention_std.png"
+    existing = [str(f) for f in [*files, *([png] if n == 2 else [])] if f.exists()]
+    if existing and not args.overwrite:
+        raise UserError(
+            f"{existing[0]} exists; pass --overwrite to replace it, or --out for another folder"
+        )
     images, source = _images(n=args.n, data=args.data, synthetic=args.synthetic, seed=args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     all_stats, labels = [], []
-    for i, ck in enumerate(args.checkpoints):
+    for ck in args.checkpoints:
         loaded = load_model(ck, arch=args.arch, num_classes=args.num_classes, widths=args.widths)
         stats = attention_stats(loaded.model.to(args.device), images, stage=None)
         stats.update(checkpoint=str(ck), label=loaded.label, images=source)
-        path = out / f"attention_stats_{i}.json"
+        all_stats.append(stats)
+        labels.append(loaded.label)
+    _check_stage(args.stage, all_stats)
+    out.mkdir(parents=True, exist_ok=True)
+    for stats, label, path in zip(all_stats, labels, files):
         path.write_text(json.dumps(stats, indent=1) + "\n")
         blocks = {k: v for k, v in stats["blocks"].items() if k.startswith(args.stage + ".")}
         summary = ", ".join(f"{k} {v['mean_std']:.4f}" for k, v in blocks.items())
-        print(f"{loaded.label}: mean std of s per {args.stage} block: {summary or '(none)'}")
+        print(f"{label}: mean std of s per {args.stage} block: {summary or '(none)'}")
         print(f"  wrote {path}")
-        all_stats.append(stats)
-        labels.append(loaded.label)
-    if len(all_stats) == 2:
-        png = plot_attention_std(
-            *all_stats, labels=labels, path=out / "attention_std.png", stage=args.stage
-        )
-        print(f"plot: {png}")
+    if n == 2:
+        plot_attention_std(*all_stats, labels=labels, path=png, stage=args.stage)
+        print(f"  wrote {png} (paper Fig. 6)")
     return 0
