@@ -75,6 +75,14 @@ def _check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
         )
 
 
+# --data of train, eval and compare: the same meaning as data.root.
+_DATA_HELP = (
+    "data.root: a CIFAR-100/CIFAR-10 folder or .tar.gz, or an image folder with train/ and val/ "
+    "class folders (data.dataset says which; default: the recipe's data.root, else "
+    "$CONDATTN_DATA, and for CIFAR ./data and ../shared/data)"
+)
+
+
 def _resolve_recipe(name: str) -> str:
     """A recipe path as given, or looked up in ./recipes and <repo>/recipes (``.toml`` optional)."""
     if Path(name).is_file():
@@ -99,17 +107,17 @@ def _add_train(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set optim.epochs=2 (repeatable)",
     )
-    p.add_argument("--data", help="CIFAR-100 folder or archive (default: search ../shared/data...)")
+    p.add_argument("--data", help=_DATA_HELP)
     p.add_argument("--out", help="run directory (default: runs/<recipe name>)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument(
-        "--download", action="store_true", help="download CIFAR-100 when not found (needs internet)"
+        "--download", action="store_true", help="fetch CIFAR-100/10 if not found (needs internet)"
     )
     p.add_argument(
         "--synthetic",
         action="store_true",
-        help="train on an in-memory synthetic CIFAR-100 stand-in",
+        help="train on an in-memory synthetic CIFAR-100 stand-in (= data.dataset synthetic)",
     )
 
 
@@ -147,7 +155,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a checkpoint.pt (or the run directory holding it)")
-    p.add_argument("--data", help="CIFAR-100 folder or archive (default: search)")
+    p.add_argument("--data", help=_DATA_HELP)
     p.add_argument("--synthetic", action="store_true", help="evaluate on the synthetic set")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
@@ -282,7 +290,7 @@ def _add_compare(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config value of every run (repeatable)",
     )
-    p.add_argument("--data", help="CIFAR-100 folder or archive (default: search ../shared/data...)")
+    p.add_argument("--data", help=_DATA_HELP)
     p.add_argument("--synthetic", action="store_true", help="use the synthetic CIFAR-100 stand-in")
     p.add_argument("--out", help="comparison directory (default: runs/compare/<recipe>)")
     p.add_argument("--variants", default="se,se_a,se_r", help="comma-separated: se, se_a, se_r")
