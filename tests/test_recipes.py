@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -15,8 +16,10 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 ALL = list_recipes(RECIPES)
 
 # The paper's rows: (table, variant, depth, lossW, aux dropout, aux position, r, aux model, top-1).
-# lossW is that of the heads (or of the aux model in Table 11); "se" rows have none.
+# lossW is that of the heads (or of the aux model in Table 11); "se" rows have none. Table 11's
+# aux model feeds every SE block (our reading); ALT_FEEDS is the other reading's recipe.
 H = ("layer2", "layer3")
+ALT_FEEDS = ("layer3", "layer4")
 ROWS = [
     *[
         ("3", "se", d, (), 0.7, (), 8, "", acc)
@@ -79,6 +82,7 @@ ROWS = [
         ("11", "se_r", 50, (w,), 0.7, (), 8, "googlenet_cifar", acc)
         for w, acc in ((0.1, 77.27), (0.2, 77.05), (0.3, 78.05), (0.4, 77.32), (0.5, 77.61))
     ],
+    ("11", "se_r", 50, (0.3,), 0.7, (), 8, ("googlenet_cifar", ALT_FEEDS), 78.05),
 ]
 
 
@@ -91,7 +95,7 @@ def _key(cfg) -> tuple:
         m.aux_dropout if m.variant != "se" else 0.7,
         tuple(m.aux_at),
         m.r,
-        m.aux_model,
+        (m.aux_model, m.aux_model_feeds) if m.aux_model_feeds else m.aux_model,
     )
 
 
@@ -186,3 +190,23 @@ def test_run_table_dry_run_and_summary(tmp_path: Path) -> None:
     assert row["std"] == pytest.approx(0.7071, abs=1e-3) and row["paper"] == 80.12
     md = (tmp_path / "table6.md").read_text()
     assert "80.50 ± 0.71" in md and "80.12" in md
+
+
+def test_table11_alternative_reading_feeds_stages_3_and_4_only(configs: dict) -> None:
+    """The aux model's T reaches layer3/layer4's SE blocks only, not layer1/layer2's."""
+    import condattn
+    from condattn.train.build import build_model
+
+    name = "table11/se_r_resnet50_googlenet_lossw_03_stages34.toml"
+    cfg = configs[name]
+    model = cfg.model
+    tiny = dataclasses.replace(cfg, model=dataclasses.replace(model, widths=(8, 8, 16, 16)))
+    feeds = condattn.get_config(build_model(tiny, num_classes=10)).feeds["aux_model"]
+    assert feeds and all(f.startswith(ALT_FEEDS) for f in feeds), feeds
+    assert {f.split(".")[0] for f in feeds} == set(ALT_FEEDS)
+    paper_reading = configs["table11/se_r_resnet50_googlenet_lossw_03.toml"]
+    tiny = dataclasses.replace(
+        paper_reading, model=dataclasses.replace(paper_reading.model, widths=(8, 8, 16, 16))
+    )
+    everything = condattn.get_config(build_model(tiny, num_classes=10)).feeds["aux_model"]
+    assert len(everything) == 16 and set(feeds) < set(everything)

@@ -22,7 +22,7 @@ from condattn.losses import DeepSupervisionLoss
 from condattn.mappings import swappable_types
 from condattn.models import create_model, is_external
 from condattn.outputs import CondOutput
-from condattn.train.config import ConfigError, TrainConfig
+from condattn.train.config import ConfigError, ModelConfig, TrainConfig
 
 __all__ = [
     "as_output",
@@ -164,7 +164,8 @@ def build_model(cfg: TrainConfig, *, num_classes: int) -> nn.Module:
     - ``se_a``: :func:`~condattn.convert.convert` with ``conditioned=False``: heads and loss,
       attention untouched;
     - ``se_r``: the same with ``conditioned=True``; with ``model.aux_model`` the section 5.6
-      variant, where that network supplies T.
+      variant, where that network supplies T (to ``model.aux_model_feeds`` when given, the
+      heads keeping their default routing).
 
     Seed torch before calling it for a reproducible init.
 
@@ -194,6 +195,7 @@ def build_model(cfg: TrainConfig, *, num_classes: int) -> nn.Module:
         aux_dropout=m.aux_dropout,
         init=m.cond_init,
         aux_model=aux_model,
+        feeds=_feeds(net, m) if m.aux_model_feeds else None,
     )
     placed = get_config(converted)
     if m.auto_aux_at and len(placed.aux_at) + (aux_model is not None) != cfg.num_heads:
@@ -203,6 +205,16 @@ def build_model(cfg: TrainConfig, *, num_classes: int) -> nn.Module:
             f"expects {cfg.num_heads} aux output(s); list model.aux_at (and loss.aux_weights)"
         )
     return converted
+
+
+def _feeds(net: nn.Module, m: ModelConfig) -> dict[str, list[str]]:
+    """``model.aux_model_feeds`` for the aux model; each aux_at head keeps its default routing
+    (convert refuses an attention block claimed by both)."""
+    routing: dict[str, list[str]] = {h: [] for h in m.aux_at}
+    for name, info in list_attention(net, list(m.aux_at)).items():
+        if info["fed_by"] is not None:
+            routing[info["fed_by"]].append(name)
+    return {**routing, "aux_model": list(m.aux_model_feeds)}
 
 
 def _require_attention(net: nn.Module, arch: str) -> None:

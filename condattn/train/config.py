@@ -82,12 +82,19 @@ class ModelConfig:
     # T-column init: "default" (PyTorch init) for training from scratch as in the paper;
     # "zeros" keeps a converted pretrained model's function unchanged (fine-tuning).
     cond_init: str = "default"
-    # What is fed as T: the aux logits (paper Eq. 4) or their softmax.
+    # What is fed as T (Eq. 4): the aux logits or their softmax. The paper does not say; raw
+    # logits are our choice (docs/concepts.md, "The paper's facts vs our choices").
     cond: str = "logits"
-    # Stop gradients from the attention into the heads; the paper lets them flow.
+    # Stop gradients from the attention into the heads. The paper does not say; letting them
+    # flow is our choice.
     detach_cond: bool = False
     # Section 5.6: a separate model (e.g. "googlenet_cifar") supplies T instead of aux heads.
     aux_model: str = ""
+    # Which attention the aux model's T feeds: module names or name prefixes (see
+    # condattn.list_attention). Empty = every attention block that no aux_at head feeds (all 16
+    # SE blocks of SE-ResNet50: our reading of section 5.6, which does not say);
+    # ["layer3", "layer4"] is the other reading, the stages the aux heads' T feeds.
+    aux_model_feeds: tuple[str, ...] = ()
     # [model.kwargs]: further constructor options of arch (e.g. timm's drop_rate); empty = the
     # model's own defaults. num_classes comes from the data, r/widths have their own keys.
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -324,10 +331,16 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if not 0.0 <= m.aux_dropout < 1.0:
         raise ConfigError(f"model.aux_dropout must lie in [0, 1), got {m.aux_dropout}")
     if m.variant == "se":  # no heads: aux settings do not apply and are recorded as empty
-        m = dataclasses.replace(m, aux_at=(), aux_model="")
+        m = dataclasses.replace(m, aux_at=(), aux_model="", aux_model_feeds=())
         cfg = dataclasses.replace(cfg, model=m, loss=dataclasses.replace(cfg.loss, aux_weights=()))
     elif cfg.num_heads == 0:
         raise ConfigError(f"model.variant={m.variant!r} needs model.aux_at or model.aux_model")
+    if m.aux_model_feeds and (m.variant != "se_r" or not m.aux_model or m.auto_aux_at):
+        raise ConfigError(
+            "model.aux_model_feeds routes the aux model's T: it needs model.variant='se_r', "
+            f"model.aux_model and model.aux_at listed by name (got variant={m.variant!r}, "
+            f"aux_model={m.aux_model!r}, aux_at={list(m.aux_at)})"
+        )
     weights = cfg.loss.aux_weights
     if m.variant != "se" and not weights:
         default = PAPER_LOSS_W.get(cfg.depth or 0, (0.3, 0.3))
