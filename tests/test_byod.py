@@ -336,3 +336,25 @@ def test_compare_flag_typos(tmp_path: Path, capsys, flag: str, value: str, names
     argv = ["compare", str(recipe), flag, value, "--out", str(tmp_path / "cmp")]
     _one_line_error(capsys, argv, *names)
     assert not (tmp_path / "cmp").exists()  # refused before anything ran
+
+
+# --- the README's recipe -----------------------------------------------------------------------
+
+
+def test_the_readme_recipe_for_your_own_data_trains(tmp_path: Path, capsys) -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Your own data", 1)[1].split("\n## ", 1)[0]
+    toml = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
+    assert 'arch = "timm:seresnet18"' in toml and 'dataset = "imagefolder"' in toml
+    root = _image_folder(tmp_path / "images", n_train=2, n_val=1)
+    toml = toml.replace('"recipes/base.toml"', f'"{BASE.as_posix()}"')
+    toml = toml.replace('"/data/my_images"', f'"{root.as_posix()}"')
+    recipe = tmp_path / "my.toml"
+    recipe.write_text(toml)
+    sets = ["optim.epochs=1", "optim.batch_size=10", "optim.milestones=[]"]
+    sets += ["model.kwargs={channels = [8, 16, 32, 64]}", "system.threads=1"]
+    argv = ["train", str(recipe), "--out", str(tmp_path / "run"), *_sets(sets)]
+    assert main(argv) == 0, capsys.readouterr().err
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert (res["name"], res["num_test"]) == ("my_data", 10)
+    assert "at 64px" in res["data_source"]
