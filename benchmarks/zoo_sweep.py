@@ -8,9 +8,11 @@ and ``timm.list_models()``:
    does not trace included. Models without any are not part of the sweep; models with more
    parameters than ``--max-params`` (default 40e6) are counted but not run unless ``--all``.
 2. **Check** (:func:`check_model`): build it for real (seeded random weights, made "trained-like":
-   random BatchNorm statistics and affine parameters, and the all-zero parameters that fresh
-   models start with, e.g. zero-init residual gains, given small random values, so that nothing
-   multiplies the attention by 0), convert it with ``aux_at="auto"`` and ``init="zeros"`` and
+   random BatchNorm affine parameters; the all-zero parameters that fresh models start with, e.g.
+   zero-init residual gains, given small random values, so that nothing multiplies the attention
+   by 0; BatchNorm statistics from a train-mode batch that holds the test input, so that the
+   activations stay in range as a trained model's do and fp32 rounding is not amplified
+   block after block), convert it with ``aux_at="auto"`` and ``init="zeros"`` and
    compare with the original in eval mode, fp32, on the same input:
    ``max|a - b| / max|a| <= 1e-4`` passes. A forward hook also checks that every twin ran with
    T. The input is 64 px, then 96 px, then the model's default size (timm's
@@ -146,20 +148,50 @@ def detect(zoo: str, name: str) -> dict[str, Any]:
 
 @torch.no_grad()
 def trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BN statistics/affines and no all-zero parameters (so no factor hides T)."""
+    """Random BN affines and no all-zero parameters (so that no factor hides T): fresh models
+    zero-init e.g. the last BN of each residual branch or an NF block's last gain."""
     g = torch.Generator().manual_seed(seed)
 
     def rand(p: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
         return torch.rand(p.shape, generator=g, dtype=p.dtype) * (hi - lo) + lo
 
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-            m.running_mean.copy_(rand(m.running_mean, -0.5, 0.5))
-            m.running_var.copy_(rand(m.running_var, 0.5, 2.0))
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
+            m.weight.copy_(rand(m.weight, 0.5, 1.5))
+            m.bias.copy_(rand(m.bias, -0.2, 0.2))
     for p in model.parameters():
         if p.is_floating_point() and not p.any():
             p.copy_(rand(p, -0.1, 0.1))
     return model
+
+
+@torch.no_grad()
+def calibrate_batchnorm(
+    model: nn.Module, x: torch.Tensor, *, batch: int = 16, seed: int = 2
+) -> None:
+    """BN running statistics from one train-mode batch: the inputs ``x`` and random images of
+    their size up to ``batch``, as a trained model's statistics match its data. Random statistics
+    instead (or fresh ones, mean 0 and variance 1), or ones from other images only, let the
+    activations of a deep random network grow block after block in eval mode (logits in the
+    thousands), and fp32 rounding with them. Leaves the model in eval mode."""
+    bns = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average: exactly this batch's statistics
+    extra = torch.randn(
+        max(batch - len(x), 0), *x.shape[1:], generator=torch.Generator().manual_seed(seed)
+    )
+    try:
+        model.train()(torch.cat([x, extra]))
+    finally:
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+        model.eval()
 
 
 class _TCheck:
@@ -202,6 +234,7 @@ def _compare(model: nn.Module, size: int) -> dict[str, Any]:
     import condattn
 
     x = torch.randn(BATCH, 3, size, size, generator=torch.Generator().manual_seed(1))
+    calibrate_batchnorm(model, x)
     with torch.no_grad():
         expected = model(x)
     start = time.perf_counter()

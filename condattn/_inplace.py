@@ -187,10 +187,10 @@ class InnerAttention:
         self._mapping = mapping
         self._found: dict[str, tuple[fx.Node, nn.Module]] = {}
         self._seen: dict[str, tuple[int, int | None]] = {}  # name -> (call index, C)
-        taken: set[int] = set()
-        for node in gm.graph.nodes:
-            if node.op != "call_module":
-                continue
+        calls = [n for n in gm.graph.nodes if n.op == "call_module"]
+        # attention also called in the graph takes the graph route there, not this one
+        taken = {id(gm.get_submodule(n.target)) for n in calls}
+        for node in calls:
             leaf = gm.get_submodule(node.target)
             if type(leaf) in mapping:
                 continue
