@@ -360,3 +360,19 @@ def test_recipes_flag_the_table_6_and_11_assumptions() -> None:
     section = concepts.split("## The paper's facts vs our choices", 1)[1]
     for choice in ("raw logits", "not detached", "thop 0.0.31", "pool", "final epoch"):
         assert choice in section, choice
+
+
+@pytest.mark.parametrize(
+    ("override", "needles"),
+    [
+        ("optim.lr=-1", ("optim.lr must be > 0, got -1.0",)),
+        ("optim.epochs=0", ("optim.epochs must be >= 1, got 0",)),
+        ("model.varaint=se_r", ("unknown key 'model.varaint'", "variant")),
+        ("model.variant=se_b", ("model.variant='se_b'", "se_r")),
+    ],
+)
+def test_a_bad_recipe_value_is_one_line_naming_the_key(override, needles, tmp_path, capsys):
+    argv = ["train", QUICK, "--synthetic", "--out", str(tmp_path / "x"), "--set", override]
+    assert main(argv) == 2
+    _one_line_error(capsys, *needles)
+    assert not (tmp_path / "x").exists()

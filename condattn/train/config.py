@@ -351,8 +351,14 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             f"loss.aux_weights={list(weights)} has {len(weights)} entries but the model has "
             f"{cfg.num_heads} aux output(s) (aux_at={list(m.aux_at)}, aux_model={m.aux_model!r})"
         )
-    if o.epochs < 1 or o.batch_size < 1 or o.lr <= 0:
-        raise ConfigError(f"need epochs >= 1, batch_size >= 1 and lr > 0, got {o}")
+    for key, value, ok in (
+        ("epochs", o.epochs, o.epochs >= 1),
+        ("batch_size", o.batch_size, o.batch_size >= 1),
+        ("lr", o.lr, o.lr > 0),
+    ):
+        if not ok:
+            need = "> 0" if key == "lr" else ">= 1"
+            raise ConfigError(f"optim.{key} must be {need}, got {value}")
     if list(o.milestones) != sorted(set(o.milestones)) or any(x < 1 for x in o.milestones):
         raise ConfigError(f"optim.milestones must be increasing epochs >= 1, got {o.milestones}")
     if not 0 <= o.warmup_epochs <= o.epochs:
