@@ -376,3 +376,10 @@ def test_a_bad_recipe_value_is_one_line_naming_the_key(override, needles, tmp_pa
     assert main(argv) == 2
     _one_line_error(capsys, *needles)
     assert not (tmp_path / "x").exists()
+
+
+def test_resume_under_another_config_is_one_line(run, data_dir, capsys) -> None:
+    run_dir, _ = run
+    argv = ["train", QUICK, "--data", str(data_dir), "--out", str(run_dir), "--resume"]
+    assert main([*argv, *_sets([*TINY, "optim.lr=0.05"])]) == 2
+    _one_line_error(capsys, "cannot resume", "optim.lr: checkpoint 0.1 != now 0.05", "--overwrite")

@@ -160,9 +160,9 @@ def _check_resumable(cfg: TrainConfig, saved: dict[str, Any]) -> None:
     ]
     if diffs:
         raise ValueError(
-            "cannot resume: the config differs from the checkpoint's (only "
-            f"{sorted('.'.join(k) for k in _RESUME_MAY_CHANGE)} may change):\n  "
-            + "\n  ".join(diffs)
+            f"cannot resume: the config differs from the checkpoint's: {'; '.join(diffs)} (only "
+            f"{', '.join(sorted('.'.join(k) for k in _RESUME_MAY_CHANGE))} may change; "
+            "--overwrite starts over)"
         )
 
 
