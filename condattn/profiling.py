@@ -2,9 +2,10 @@
 
 Three MAC counters, all on a deep copy in eval mode, so the caller's model never changes:
 
-- ``rules="paper"``: thop 0.0.31's per-module rules (2020), the tool behind the paper's Table 2,
-  re-implemented here because that thop no longer imports on Python 3.11. Forward hooks on leaf
-  modules, summed per call:
+- ``rules="paper"``: thop 0.0.31's per-module rules (2020), re-implemented here because that thop
+  no longer imports on Python 3.11. The paper says its MACs come from thop but names no version:
+  0.0.31's rules are our choice, justified only by reproducing all six Table 2 numbers exactly
+  (``benchmarks/params_macs.py``). Forward hooks on leaf modules, summed per call:
 
   ============================  ==========================================================
   module                        MACs
@@ -218,7 +219,8 @@ def count_macs(
     Args:
         model: any module; it is not modified (counting runs on a deep copy in eval mode).
         input_size: the input shape; the paper's Table 2 uses ``(1, 3, 32, 32)``.
-        rules: ``"paper"`` (thop 0.0.31, Table 2), ``"thop"`` (installed thop) or
+        rules: ``"paper"`` (thop 0.0.31's rules, which reproduce Table 2; see the module
+            docstring), ``"thop"`` (installed thop) or
             ``"flop_counter"`` (``FlopCounterMode`` FLOPs / 2).
     """
     if rules not in MAC_RULES:

@@ -8,7 +8,9 @@ Run directory (written by rank 0 only)::
     metrics.jsonl              one line per epoch (losses, lr, train/test top-1/top-5, timings)
     checkpoint.pt              written atomically after every epoch; ``resume=True`` continues it
     curves.png                 train and test top-1 error vs epoch (paper Figs. 3-5)
-    results.json               final AND best epoch; the final one is the reported number
+    results.json               final AND best epoch; the final one is the reported number (our
+                               choice: the paper does not say; picking the best would select on
+                               the test set)
 
 Epochs are numbered from 1 wherever a user sees them: the console, ``metrics.jsonl``,
 ``results.json``, ``environment.json``'s ``start_epoch``, the plots, and the checkpoint's
