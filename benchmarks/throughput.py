@@ -9,9 +9,10 @@ step, img/s, and the ratios of the medians SE-R/SE-A and SE-R/SE (targets on CPU
 <= 1.03 and <= 1.10).
 
 Part (b): what SE costs. ``resnetD`` (``attention="none"``, otherwise the same layout) vs
-``se_resnetD``, each in several modes: eager, channels_last, torch.compile (inductor) and bf16
-autocast, all interleaved in one run. Then a ``torch.profiler`` train step of each (eager) and
-the ops whose time differs most between them: where the SE time goes.
+``se_resnetD``, each in several modes (:data:`MODE_FLAGS`): eager, channels_last, torch.compile
+(inductor), bf16 autocast, and their combinations bf16 + channels_last (condattn's CPU default)
+and compile + bf16 + channels_last, all interleaved in one run. Then a ``torch.profiler`` train
+step of each (eager) and the ops whose time differs most between them: where the SE time goes.
 
 Peak memory: CUDA ``max_memory_allocated``; on CPU the process peak RSS (``VmHWM``, reset via
 ``/proc/self/clear_refs``) minus the RSS before one train step. The CPU number includes allocator
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import functools
 import sys
 import time
@@ -43,7 +45,18 @@ import condattn
 from condattn.models import create_model
 
 LABEL = {"se": "SE", "se_a": "SE-A", "se_r": "SE-R", "plain": "plain", "se_plain": "SE"}
-MODES = ("eager", "channels_last", "compile", "bf16")
+# mode -> (channels_last, bf16 autocast, torch.compile). ``bf16_cl`` is condattn's default on a
+# CPU with native bf16 (condattn._hw.decide); ``compile_bf16_cl`` adds inductor, which may fuse
+# the SE gate's pool/scale elementwise work into neighbouring kernels.
+MODE_FLAGS: dict[str, tuple[bool, bool, bool]] = {
+    "eager": (False, False, False),
+    "channels_last": (True, False, False),
+    "compile": (False, False, True),
+    "bf16": (False, True, False),
+    "bf16_cl": (True, True, False),
+    "compile_bf16_cl": (True, True, True),
+}
+MODES = tuple(MODE_FLAGS)
 
 
 def widths_for(scale: float) -> tuple[int, ...]:
@@ -255,14 +268,16 @@ def part_a(args, device, log) -> tuple[dict, str]:
 
 
 def _mode_steps(model: nn.Module, mode: str, args, device) -> dict[str, Callable[[], Any]]:
+    # A copy per mode: make_steps converts the memory format in place (Module.to), and modes that
+    # share one model would all run with the format of the last one prepared.
     return make_steps(
-        model,
+        copy.deepcopy(model),
         batch=args.batch,
         size=args.size,
         device=device,
-        channels_last=mode == "channels_last",
-        bf16=mode == "bf16",
-        compile_=mode == "compile",
+        channels_last=MODE_FLAGS[mode][0],
+        bf16=MODE_FLAGS[mode][1],
+        compile_=MODE_FLAGS[mode][2],
     )
 
 
@@ -297,8 +312,8 @@ def part_b(args, device, log) -> tuple[dict, str]:
             for k, m in base.items():
                 log(f"[b] preparing {k} {mode} {kind}")
                 steps[(k, mode)] = _mode_steps(m, mode, args, device)[kind]
-        if "compile" in modes:  # compile outside the timed loop (first call compiles)
-            for key in [k for k in steps if k[1] == "compile"]:
+        if any(MODE_FLAGS[m][2] for m in modes):  # compile outside the timed loop
+            for key in [k for k in steps if MODE_FLAGS[k[1]][2]]:
                 t0 = time.perf_counter()
                 steps[key]()
                 log(f"[b] compiled {key} {kind} in {time.perf_counter() - t0:.1f}s")
