@@ -24,7 +24,9 @@ this process, no timeout, for tests and debugging). Per model it reports the rou
 attention (``graph`` / ``in-place``), the heads chosen by ``aux_at="auto"``, the number of
 attention modules fed, the relative difference, the time, and pass/fail with the reason.
 Results: ``benchmarks/results/zoo_sweep_<device>.json`` and ``.md``; finished models are also
-appended to ``zoo_sweep_<device>.partial.jsonl`` so that ``--resume`` continues a killed run.
+appended to ``zoo_sweep_<device>.partial.jsonl`` so that ``--resume`` continues a killed run
+(models skipped for the size cap are run again: the cap may have been raised). ``--all`` writes
+``zoo_sweep_all_<device>.*`` instead.
 
     python benchmarks/zoo_sweep.py                 # under the size cap
     python benchmarks/zoo_sweep.py --all --jobs 2  # every attention model
@@ -553,10 +555,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     tasks, listed = _tasks(args)
     out_dir = Path(args.out) if args.out is not None else C.RESULTS
     out_dir.mkdir(parents=True, exist_ok=True)
-    partial = out_dir / f"zoo_sweep_{C.device_slug(device)}.partial.jsonl"
+    name = "zoo_sweep_all" if args.all else "zoo_sweep"
+    partial = out_dir / f"{name}_{C.device_slug(device)}.partial.jsonl"
     rows: list[dict[str, Any]] = []
     if args.resume and partial.is_file():
         rows = [json.loads(line) for line in partial.read_text().splitlines() if line.strip()]
+        rows = [r for r in rows if not r.get("reason", "").startswith("over the size cap")]
         done = {(r["zoo"], r["model"]) for r in rows}
         tasks = [t for t in tasks if t not in done]
     elif partial.exists():
@@ -588,7 +592,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "summary": summarize(rows, listed),
         "models": [r for r in rows if not (r["status"] == "skip" and not r.get("kinds"))],
     }
-    C.write_results("zoo_sweep", device, payload, markdown(payload), out=out_dir)
+    C.write_results(name, device, payload, markdown(payload), out=out_dir)
     for zoo, z in payload["summary"].items():
         print(f"{zoo}: {z['passed']}/{z['run']} function-preserving ({z['over_cap']} over cap)")
     return 0 if all(z["failed"] == 0 for z in payload["summary"].values()) else 1
