@@ -254,7 +254,6 @@ def test_ddp_one_process_trains_the_in_place_twins(gated, tmp_path) -> None:
     assert_all_params_have_grad(conv, what="DDP(in-place convert(GatedNet))")
 
 
-@pytest.mark.slow  # dynamo's first trace: ~12 s on a shared CPU
 def test_torch_compile_eager_backend_runs(gated) -> None:
     """dynamo traces ``call_leaf`` and the T slot writes (no graph break with torch 2.14)."""
     torch._dynamo.reset()
