@@ -647,7 +647,8 @@ def convert(
             it becomes head ``"aux_model"``, first in ``aux_logits``.
         aux_head: ``pool_size`` / ``width`` / ``hidden`` of the aux heads (GoogLeNet: 4/128/1024).
         example_input: an input to infer shapes from (default ``zeros(1, C_in, 32, 32)``).
-        leaf_modules: module names or types fx must not trace into (for untraceable code).
+        leaf_modules: module names or types fx must not trace into (for untraceable code);
+            attention inside them is conditioned in place (:mod:`condattn._inplace`).
         concrete_args: passed to ``torch.fx.Tracer.trace`` to specialise Python control flow.
         mapping: the swap table, source type -> twin (see :mod:`condattn.mappings`); default
             :func:`condattn.get_attention_mapping`.
