@@ -638,7 +638,8 @@ def convert(
             prefixes such as ``"layer3"``) it conditions. Default: the paper's routing, each
             attention module is fed by the nearest head before it.
         conditioned: False gives SE-A: heads and their outputs, attention untouched.
-        cond: ``"logits"`` (the paper's T) or ``"probs"`` (softmax of the logits).
+        cond: ``"logits"`` (our reading of the paper's T: raw aux logits; the paper does not say
+            whether T is normalised) or ``"probs"`` (softmax of the logits).
         detach_cond: stop the attention's gradient from flowing back into the heads through T.
         aux_dropout: dropout of the aux heads (paper 0.7; Table 5).
         init: T-column init of the twins: ``"zeros"`` keeps the original function exactly (safe
