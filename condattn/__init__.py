@@ -8,17 +8,9 @@
 # First, before anything loads torch: the `condattn` command's OpenMP settings.
 from condattn import _cli_env  # noqa: F401  # isort: skip
 from condattn import models, nn
-from condattn.convert import (
-    ConversionError,
-    ConvertConfig,
-    Placement,
-    auto_aux_at,
-    convert,
-    get_config,
-    list_attention,
-    list_stages,
-    logits_only,
-)
+from condattn.convert import ConversionError, ConvertConfig, Placement, convert, get_config
+from condattn.discovery import auto_aux_at, list_attention, list_stages
+from condattn.dropin import logits_only
 from condattn.losses import DeepSupervisionLoss, LossParts
 from condattn.mappings import get_attention_mapping, register_attention, unregister_attention
 from condattn.outputs import CondOutput

@@ -46,7 +46,7 @@ from typing import Any
 
 from torch import Tensor, fx, nn
 
-from condattn import _fx
+from condattn._fx import replace_submodule
 from condattn.mappings import Builder, as_builder
 
 __all__ = [
@@ -244,7 +244,7 @@ def swap(gm: fx.GraphModule, items: Sequence[tuple[str, fx.Node, nn.Module, fx.N
     for name, leaf_node, twin, cond in items:
         leaf = leaf_node.target
         assert name.startswith(leaf + "."), (name, leaf)
-        _fx.replace_submodule(gm, name, make_inplace(twin, name))
+        replace_submodule(gm, name, make_inplace(twin, name))
         by_leaf.setdefault(leaf, {})[name[len(leaf) + 1 :]] = cond
     graph = gm.graph
     for node in list(graph.nodes):  # every call of such a leaf gets T, as on the graph route

@@ -33,8 +33,7 @@ from dataclasses import dataclass
 
 from torch import fx
 
-from condattn import _fx
-from condattn._fx import ConversionError
+from condattn._fx import ConversionError, node_shape, trunk_nodes
 
 __all__ = ["AUTO", "Placement", "Stage", "auto_placement"]
 
@@ -73,7 +72,7 @@ def _is_global_pool(gm: fx.GraphModule, name: str, node: fx.Node) -> bool:
         module = gm.get_submodule(name)
     except AttributeError:  # traced through and left out of the GraphModule (an empty Sequential)
         return False
-    return "Pool" in type(module).__name__ and tuple(_fx.node_shape(node)[2:]) == (1, 1)
+    return "Pool" in type(module).__name__ and tuple(node_shape(node)[2:]) == (1, 1)
 
 
 def _reduction(size: tuple[int, int], shape) -> float:
@@ -85,10 +84,10 @@ def _stages(gm: fx.GraphModule, outputs: Mapping[str, fx.Node]) -> list[tuple[St
     """Stage ends with their positions in the graph, in network order (rule 1)."""
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     inp = next(n for n in gm.graph.nodes if n.op == "placeholder")
-    in_shape = _fx.node_shape(inp)
+    in_shape = node_shape(inp)
     if in_shape is None or len(in_shape) != 4:
         return []
-    trunk = _fx.trunk_nodes(gm.graph)
+    trunk = trunk_nodes(gm.graph)
     found = sorted(
         ((order[node], name, node) for name, node in outputs.items() if node in trunk),
         key=lambda x: (x[0], _depth(x[1])),
@@ -97,7 +96,7 @@ def _stages(gm: fx.GraphModule, outputs: Mapping[str, fx.Node]) -> list[tuple[St
     for pos, name, node in found:
         if _is_global_pool(gm, name, node):
             break
-        r = _reduction(tuple(in_shape[2:]), _fx.node_shape(node))
+        r = _reduction(tuple(in_shape[2:]), node_shape(node))
         levels.setdefault(r, []).append((pos, name))
     ends = []
     for r, members in levels.items():

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor, fx, nn
 
 from condattn._io import atomic_torch_save
-from condattn.convert import AUX_MODEL, ConvertConfig, _Swap, convert, get_config, swaps_of
+from condattn.convert import AUX_MODEL, convert
+from condattn.convert_config import ConvertConfig, Swap, get_config, swaps_of
 from condattn.nn import AuxHead
 
 __all__ = ["LoadResult", "load", "load_base_state_dict", "save"]
@@ -119,7 +120,7 @@ class LoadResult(NamedTuple):
     unexpected_keys: list[str]
 
 
-def _probe_map(swap: _Swap) -> tuple[dict[str, list[tuple[str, Tensor, Tensor]]], set[str]]:
+def _probe_map(swap: Swap) -> tuple[dict[str, list[tuple[str, Tensor, Tensor]]], set[str]]:
     """Where each element of a source's tensors lands in its twin.
 
     Rebuilds the twin from a copy of the source whose tensors hold distinct values (``_PROBE``,
@@ -219,7 +220,7 @@ def load_base_state_dict(
     return LoadResult(missing, unexpected)
 
 
-def _load_swapped(own, path: str, swap: _Swap, state_dict: Mapping[str, Tensor]) -> None:
+def _load_swapped(own, path: str, swap: Swap, state_dict: Mapping[str, Tensor]) -> None:
     given = {
         k: state_dict[f"{path}.{k}"]
         for k in swap.source.state_dict()

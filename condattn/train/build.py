@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from condattn._io import derive_seed
-from condattn.convert import convert, get_config, list_attention
+from condattn.convert import convert, get_config
 from condattn.data import (
     CIFAR100_MEAN,
     CIFAR100_STD,
@@ -18,6 +18,7 @@ from condattn.data import (
     LoadOptions,
     load_dataset,
 )
+from condattn.discovery import list_attention
 from condattn.losses import DeepSupervisionLoss
 from condattn.mappings import swappable_types
 from condattn.models import create_model, is_external

@@ -46,7 +46,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from condattn import _hw
+from condattn._hw import SpeedPlan, decide, detect, thread_env_record
 from condattn._io import atomic_write_text, derive_seed, provenance
 from condattn.data import CifarData, TensorLoader
 from condattn.losses import DeepSupervisionLoss
@@ -84,9 +84,7 @@ LOG_EVERY_S = 30.0
 
 
 @contextlib.contextmanager
-def _global_torch_state(
-    cfg: TrainConfig, device: torch.device, plan: _hw.SpeedPlan
-) -> Iterator[None]:
+def _global_torch_state(cfg: TrainConfig, device: torch.device, plan: SpeedPlan) -> Iterator[None]:
     """Applies the plan's threads and the determinism settings; restores them afterwards."""
     threads = torch.get_num_threads()
     det = torch.are_deterministic_algorithms_enabled()
@@ -107,9 +105,7 @@ def _global_torch_state(
         torch.backends.cudnn.benchmark = bench
 
 
-def speed_plan(
-    cfg: TrainConfig, device: torch.device, *, steps: int | None = None
-) -> _hw.SpeedPlan:
+def speed_plan(cfg: TrainConfig, device: torch.device, *, steps: int | None = None) -> SpeedPlan:
     """The run's speed choices: :func:`condattn._hw.decide` for this machine and ``[system]``.
 
     Args:
@@ -117,7 +113,7 @@ def speed_plan(
         device: where the run computes.
         steps: the run's train steps (``compile="auto"`` compiles long runs only).
     """
-    return _hw.decide(_hw.detect(device), cfg.system, steps=steps)
+    return decide(detect(device), cfg.system, steps=steps)
 
 
 @torch.no_grad()
@@ -127,14 +123,14 @@ def evaluate(
     *,
     criterion: DeepSupervisionLoss,
     num_aux: int,
-    plan: _hw.SpeedPlan | None = None,
+    plan: SpeedPlan | None = None,
 ) -> dict[str, Any]:
     """Test loss and top-1/top-5 (%) over the whole (sharded, all-reduced) test set.
 
     Runs on the training's fast path: the plan's autocast (None: fp32), with the model and the
     loader already in the plan's memory format, at the loader's (large) batch size.
     """
-    plan = plan or _hw.SpeedPlan()
+    plan = plan or SpeedPlan()
     model.eval()
     sums = MetricSums(num_aux=num_aux, device=loader.device)
     for x, y in loader.epoch(0):
@@ -224,7 +220,7 @@ class _Run:
     criterion: DeepSupervisionLoss
     train_loader: TensorLoader
     test_loader: TensorLoader
-    plan: _hw.SpeedPlan  # precision, memory format, compile mode, threads (speed_plan)
+    plan: SpeedPlan  # precision, memory format, compile mode, threads (speed_plan)
     start_epoch: int = 0  # the internal (0-based) index of the first epoch to run = epochs done
     # The best test top-1 so far (informational; the final epoch is the reported number);
     # epoch 0 = none yet.
@@ -245,7 +241,7 @@ def _build(
     run_dir: Path,
     env: D.DistEnv,
     device: torch.device,
-    plan: _hw.SpeedPlan,
+    plan: SpeedPlan,
 ) -> _Run:
     """Step 1: the model (seeded init), optimiser, loss, loaders and the paper's schedule.
 
@@ -325,7 +321,7 @@ def _open_run_dir(run: _Run, *, resume: bool) -> None:
         "start_epoch": run.start_epoch + 1,  # the first epoch this start runs (1-based)
         "resumed": resume,
         "speed": run.plan.to_dict(),  # the start-up choices, why, and the capabilities read
-        "thread_env": _hw.thread_env_record(),
+        "thread_env": thread_env_record(),
     }
     write_json(d / "environment.json", {"starts": [*starts, entry]})
     # Drop lines of epochs the checkpoint does not cover (killed after logging them).
