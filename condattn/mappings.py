@@ -7,7 +7,9 @@ record of the twin types: :func:`cond_types` reads them from it.
 A value is either a ``Cond*`` class with ``from_module`` or a builder function marked with
 :func:`builds`. Either way it is called as ``builder(src, *, channels=C, cond_dim=n, init=...)``,
 where C is the channel count of the attention's input tensor as traced, and returns a module whose
-``forward(x, cond)`` returns a tensor shaped like ``x``.
+``forward(x, cond)`` returns what its source returns for ``x``: a tensor shaped like ``x`` for an
+attention block; the block's own output for the conv blocks that contain their attention (timm's
+``SelectiveKernel`` and ``SplitAttn``, whose twins replace the whole block).
 
 Covered: condattn's own blocks; ``torchvision.ops.SqueezeExcitation`` (EfficientNet, MobileNetV3,
 RegNet); and, when timm is installed, timm's ``SEModule``, ``EffectiveSEModule``, ``EcaModule``,
@@ -316,8 +318,10 @@ def register_attention(src_type: type[nn.Module], cond_type) -> None:
             :func:`cond_types` knows what it returns). :func:`condattn.convert` calls it as
             ``builder(src, channels=C, cond_dim=n, init=init)``: C is the channel count of the
             attention's input as traced, n the length of T, ``init`` ``"zeros"`` or
-            ``"default"`` for the T-columns. The twin's ``forward(x, cond)`` must return a tensor
-            shaped like ``x``.
+            ``"default"`` for the T-columns. The twin's ``forward(x, cond)`` must return what
+            the source returns for ``x``: a tensor shaped like ``x`` for an attention block (a
+            twin that replaces a whole conv block, as ``CondSplitAttn`` does, returns the
+            block's output).
 
     Raises:
         ValueError: if ``src_type`` is already registered.
