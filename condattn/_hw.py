@@ -2,8 +2,8 @@
 
 Three steps, each testable on its own:
 
-1. :func:`apply_thread_env` sets OpenMP's wait policy *before torch loads* (OpenMP reads its
-   environment when the library is loaded, so later settings do nothing). The ``condattn``
+1. :func:`apply_thread_env` shortens OpenMP's spin-waiting *before torch loads* (OpenMP reads
+   its environment when the library is loaded, so later settings do nothing). The ``condattn``
    command calls it from ``condattn/__init__.py`` through :func:`apply_thread_env_for_cli`.
 2. :func:`detect` reads what the machine offers (:class:`Capabilities`): the device, the CPU's
    bf16 instructions (``/proc/cpuinfo`` flags), CUDA bf16 support, and the cores this process may
@@ -12,6 +12,8 @@ Three steps, each testable on its own:
    :class:`SpeedPlan`: precision, memory format, compile mode and thread count, each with the
    reason. The training loop logs the plan in ``environment.json``; every ``"auto"`` can be
    overridden in the recipe or with ``--set``.
+4. With ``threads = 0`` on a CPU, :class:`ThreadGovernor` then fits the thread count, while the
+   run goes, to the cores that other processes leave free (a shared machine).
 
 This module imports torch only inside functions, so it can run before torch is loaded.
 """
@@ -22,6 +24,7 @@ import math
 import os
 import shutil
 import sys
+import time
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +38,7 @@ __all__ = [
     "THREAD_ENV_DEFAULTS",
     "Capabilities",
     "SpeedPlan",
+    "ThreadGovernor",
     "apply_thread_env",
     "apply_thread_env_for_cli",
     "available_cores",
@@ -43,6 +47,7 @@ __all__ = [
     "detect",
     "is_cli_process",
     "thread_env_record",
+    "threads_for_free_cores",
 ]
 
 # The vocabularies of the [system] keys decided here ("auto" = decide from the capabilities).
@@ -64,11 +69,13 @@ COMPILE_MIN_STEPS = 10_000
 # CPU flags (/proc/cpuinfo) of instructions that run bf16 matrix maths natively: Intel AMX and
 # AVX512-BF16 (Intel Cooper Lake and later, AMD Zen 4 and later). Elsewhere bf16 is emulated.
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-# Set before torch loads unless the user set them. Threads that wait for work sleep instead of
-# spinning: on a machine shared with other busy processes, spinning threads steal the cores that
-# the thread being waited for needs, and a train step gets many times slower (docs/results.md,
-# "Speed"). KMP_BLOCKTIME is the same setting for Intel's OpenMP runtime.
-THREAD_ENV_DEFAULTS: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
+# Set before torch loads unless the user set them (or OMP_WAIT_POLICY, which they would override).
+# Threads that wait for work spin briefly, then sleep. OpenMP's default spin (GNU: 300,000 turns,
+# milliseconds) steals the cores of a shared machine from the thread being waited for; a passive
+# policy (no spin) cost 23% of a quiet train step on a 2-core VM, where 10,000 turns cost 1%
+# (docs/results.md, "Speed"). KMP_BLOCKTIME (ms) is the same knob of Intel's OpenMP (not
+# measured here: torch's pip wheels use GNU OpenMP).
+THREAD_ENV_DEFAULTS: dict[str, str] = {"GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "1"}
 
 # What apply_thread_env did in this process (logged in environment.json).
 _THREAD_ENV: dict[str, Any] = {"applied": False, "set": {}, "torch_loaded_before": None}
@@ -80,15 +87,19 @@ _THREAD_ENV: dict[str, Any] = {"applied": False, "set": {}, "torch_loaded_before
 def apply_thread_env(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
     """Sets :data:`THREAD_ENV_DEFAULTS` in ``environ`` (default ``os.environ``) where unset.
 
-    A variable the user has set (even to an empty string) is left alone. Call it before torch is
-    imported; when torch is already loaded it still sets the variables (child processes see
+    A variable the user has set (even to an empty string) is left alone, and so is everything
+    when the user set ``OMP_WAIT_POLICY`` (a spin count would override it). Call it before torch
+    is imported; when torch is already loaded it still sets the variables (child processes see
     them) but they cannot change this process, and :func:`thread_env_record` says so.
 
     Returns:
         The variables it set, name -> value.
     """
     env = os.environ if environ is None else environ
-    new = {k: v for k, v in THREAD_ENV_DEFAULTS.items() if k not in env}
+    if "OMP_WAIT_POLICY" in env:
+        new: dict[str, str] = {}
+    else:
+        new = {k: v for k, v in THREAD_ENV_DEFAULTS.items() if k not in env}
     env.update(new)
     if environ is None:
         _THREAD_ENV.update(applied=True, torch_loaded_before="torch" in sys.modules)
@@ -229,6 +240,9 @@ class Capabilities:
         cpp_compiler: a C++ compiler is on the PATH (inductor needs one for CPU kernels).
         cores: cores this process may use (:func:`available_cores`).
         cores_how: how ``cores`` was found.
+        cpus: the CPU ids of this process's affinity.
+        quota: a cgroup CPU quota applies (other processes' load is then invisible).
+        proc_stat: ``/proc/stat`` is readable (per-CPU busy times, for :class:`ThreadGovernor`).
         omp_num_threads: ``OMP_NUM_THREADS`` as the user set it (None: unset).
         local_world_size: processes per machine under torchrun (``LOCAL_WORLD_SIZE``).
     """
@@ -240,6 +254,9 @@ class Capabilities:
     cpp_compiler: bool = False
     cores: int = 1
     cores_how: str = ""
+    cpus: tuple[int, ...] = ()
+    quota: bool = False
+    proc_stat: bool = False
     omp_num_threads: int | None = None
     local_world_size: int = 1
 
@@ -267,6 +284,10 @@ def detect(device: Any = "cpu", *, environ: Mapping[str, str] | None = None) -> 
     device = torch.device(device)
     cuda = device.type == "cuda"
     cores, how = available_cores()
+    try:
+        cpus = tuple(sorted(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - macOS, Windows
+        cpus = tuple(range(os.cpu_count() or 1))
     # OMP_NUM_THREADS counts as the user's only if condattn did not set it.
     user_omp = None if "OMP_NUM_THREADS" in _THREAD_ENV["set"] else _env_int(env, "OMP_NUM_THREADS")
     return Capabilities(
@@ -277,6 +298,9 @@ def detect(device: Any = "cpu", *, environ: Mapping[str, str] | None = None) -> 
         cpp_compiler=any(shutil.which(c) for c in (env.get("CXX") or "g++", "c++", "clang++")),
         cores=cores,
         cores_how=how,
+        cpus=cpus,
+        quota="cgroup" in how,
+        proc_stat=_read(Path("/proc/stat")) is not None,
         omp_num_threads=user_omp,
         local_world_size=_env_int(env, "LOCAL_WORLD_SIZE") or 1,
     )
@@ -293,7 +317,9 @@ class SpeedPlan:
         precision: ``"bf16"`` (autocast to bfloat16 around forward and loss) or ``"fp32"``.
         channels_last: models and batches in ``torch.channels_last`` memory format.
         compile: a ``torch.compile`` mode, or ``"off"``.
-        threads: intra-op threads for ``torch.set_num_threads``.
+        threads: intra-op threads for ``torch.set_num_threads`` (the most, when adapting).
+        adapt_threads: a :class:`ThreadGovernor` lowers ``threads`` while other processes keep
+            cores busy, and raises it back when they leave.
         why: key -> the reason for the choice.
         capabilities: what it was decided from (:meth:`Capabilities.to_dict`).
     """
@@ -302,6 +328,7 @@ class SpeedPlan:
     channels_last: bool = False
     compile: str = "off"
     threads: int = 1
+    adapt_threads: bool = False
     why: dict[str, str] = field(default_factory=dict)
     capabilities: dict[str, Any] = field(default_factory=dict)
 
@@ -372,14 +399,26 @@ def _threads(caps: Capabilities, asked: int) -> tuple[int, str]:
     return per_process, f"auto: the cores available ({how})"
 
 
+def _adapt(caps: Capabilities, system: Any) -> tuple[bool, str]:
+    if system.threads or caps.omp_num_threads:
+        return False, "no: the thread count is set"
+    if caps.device != "cpu":
+        return False, "no: on a GPU the CPU threads do not bound the step"
+    if getattr(system, "deterministic", False):
+        return False, "no: deterministic runs keep one thread count"
+    if caps.quota or not caps.proc_stat:
+        return False, "no: other processes' load is not visible (cgroup quota or no /proc/stat)"
+    return True, "yes: fewer threads while other processes keep cores busy"
+
+
 def decide(caps: Capabilities, system: Any, *, steps: int | None = None) -> SpeedPlan:
     """The speed choices for a run: a pure function of the capabilities and the config.
 
     Args:
         caps: the machine (:func:`detect`).
         system: a ``[system]`` config with ``precision``, ``channels_last``, ``compile`` (strings
-            from :data:`PRECISIONS`, :data:`CHANNELS_LAST`, :data:`COMPILE_MODES`) and
-            ``threads`` (0 = auto).
+            from :data:`PRECISIONS`, :data:`CHANNELS_LAST`, :data:`COMPILE_MODES`),
+            ``threads`` (0 = auto) and optionally ``deterministic``.
         steps: the run's train steps (epochs x steps per epoch); None: unknown (evaluation).
 
     Rules for ``"auto"``:
@@ -390,7 +429,8 @@ def decide(caps: Capabilities, system: Any, *, steps: int | None = None) -> Spee
     - compile: ``"default"`` (inductor, no CUDA graphs) for runs of at least
       :data:`COMPILE_MIN_STEPS` steps (on a CPU only with a C++ compiler), else off.
     - threads: ``OMP_NUM_THREADS`` when the user set it, else the cores this process may use
-      (affinity and cgroup quota), divided among the local torchrun processes.
+      (affinity and cgroup quota), divided among the local torchrun processes; on a CPU, unless
+      deterministic, adapted while the run goes to the cores others leave free.
 
     Raises:
         ValueError: a value outside its vocabulary (the message lists the valid ones).
@@ -399,11 +439,119 @@ def decide(caps: Capabilities, system: Any, *, steps: int | None = None) -> Spee
     channels_last, why_c = _channels_last(caps, system.channels_last, precision)
     compile_mode, why_m = _compile(caps, system.compile, steps)
     threads, why_t = _threads(caps, system.threads)
+    adapt, why_a = _adapt(caps, system)
     return SpeedPlan(
         precision=precision,
         channels_last=channels_last,
         compile=compile_mode,
         threads=threads,
-        why={"precision": why_p, "channels_last": why_c, "compile": why_m, "threads": why_t},
+        adapt_threads=adapt and threads > 1,
+        why={
+            "precision": why_p,
+            "channels_last": why_c,
+            "compile": why_m,
+            "threads": why_t,
+            "adapt_threads": why_a,
+        },
         capabilities=caps.to_dict(),
     )
+
+
+# --- 4. threads on a shared machine ----------------------------------------------------------
+
+
+def threads_for_free_cores(others: float, *, cores: int, limit: int) -> int:
+    """Threads for ``cores`` CPUs of which other processes keep ``others`` busy (in cores).
+
+    A core counts as taken once others use more than a quarter of one: a thread that shares a
+    core with a busy process makes every parallel region wait for it, and on a 2-core VM two
+    threads beside one busy process ran 20-40x slower than one thread (docs/results.md, Speed).
+    """
+    taken = max(0, math.ceil(others - 0.25))
+    return max(1, min(limit, cores - taken))
+
+
+def _busy_seconds(stat: str, cpus: Sequence[int]) -> float:
+    """CPU seconds spent busy (user, nice, system, irq, softirq) on ``cpus``, from /proc/stat."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    wanted = {f"cpu{c}" for c in cpus}
+    total = 0
+    for line in stat.splitlines():
+        parts = line.split()
+        if parts and parts[0] in wanted:
+            user, nice, system, _idle, _iowait, irq, softirq = map(int, parts[1:8])
+            total += user + nice + system + irq + softirq
+    return total / tick
+
+
+class ThreadGovernor:
+    """Fits torch's thread count to the cores other processes leave free, while a run goes.
+
+    Every ``every_s`` seconds of stepping, :meth:`poll` compares how busy this process's CPUs
+    were (``/proc/stat``) with this process's own CPU time: the rest is other processes' load.
+    The thread count becomes :func:`threads_for_free_cores` (between 1 and ``limit``) once two
+    polls in a row agree. A gap of over ``3 * every_s`` between polls (the run was not stepping,
+    e.g. evaluating or idle) starts a fresh window.
+
+    Args:
+        limit: the most threads (the plan's count).
+        cpus: the CPUs this process may run on.
+        every_s: seconds between measurements.
+        read_stat: returns the text of ``/proc/stat`` (tests pass a fake).
+        cpu_time: this process's CPU seconds, all threads (``time.process_time``).
+        clock: a monotonic clock in seconds.
+        set_threads: applies a count (``torch.set_num_threads``).
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        *,
+        cpus: Sequence[int],
+        every_s: float = 2.0,
+        read_stat=None,
+        cpu_time=time.process_time,
+        clock=time.monotonic,
+        set_threads=None,
+    ) -> None:
+        self.limit, self.cpus, self.every_s = limit, tuple(cpus), every_s
+        self._read_stat = read_stat or (lambda: _read(Path("/proc/stat")) or "")
+        self._cpu_time, self._clock = cpu_time, clock
+        self._set = set_threads or _torch_set_threads
+        self.threads = limit
+        self.changes: list[dict[str, float]] = []  # what changed when (for the run's log)
+        self._pending: int | None = None
+        self._mark()
+
+    def _mark(self) -> None:
+        self._t = self._clock()
+        self._busy = _busy_seconds(self._read_stat(), self.cpus)
+        self._ours = self._cpu_time()
+
+    def poll(self) -> int | None:
+        """Call after every step; returns the new thread count when it changed, else None."""
+        now = self._clock()
+        wall = now - self._t
+        if wall < self.every_s:
+            return None
+        busy0, ours0 = self._busy, self._ours
+        self._mark()
+        if wall > 3 * self.every_s:  # not stepping in between: start a fresh window
+            self._pending = None
+            return None
+        others = max(0.0, (self._busy - busy0) - (self._ours - ours0)) / wall
+        target = threads_for_free_cores(others, cores=len(self.cpus), limit=self.limit)
+        if target == self.threads or target != self._pending:
+            self._pending = None if target == self.threads else target
+            return None
+        self._pending = None
+        self.changes.append({"time": now, "others_cores": round(others, 2), "threads": target})
+        self.threads = target
+        self._set(target)
+        return target
+
+
+def _torch_set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)

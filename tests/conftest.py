@@ -42,8 +42,16 @@ def _torch_seed() -> None:
 def _one_thread():
     """One intra-op thread for the whole suite: the tests use tiny models, which gain nothing
     from a second thread, and two OpenMP threads on shared, busy cores spin-wait and run small
-    convs many times slower than one. Subprocess tests (torchrun, CLI) set their own."""
+    convs many times slower than one. ``OMP_NUM_THREADS=1`` makes ``train()``'s thread choice
+    (``system.threads = 0``: condattn._hw.decide) one thread too, in this process and in
+    subprocesses (torchrun, CLI) that do not set their own."""
     threads = torch.get_num_threads()
+    omp = os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
     yield
     torch.set_num_threads(threads)
+    if omp is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = omp

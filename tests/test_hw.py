@@ -32,6 +32,7 @@ class System:
     channels_last: str = "auto"
     compile: str = "auto"
     threads: int = 0
+    deterministic: bool = False
 
 
 def cpu(info: str, cores: int = 2, **kw) -> Capabilities:
@@ -172,12 +173,15 @@ def test_available_cores_on_this_machine_is_positive():
 # --- OpenMP environment ------------------------------------------------------------------------
 
 
-def test_thread_env_sets_passive_waiting_unless_the_user_set_it():
+def test_thread_env_sets_a_short_spin_unless_the_user_set_it():
     env: dict[str, str] = {}
-    assert _hw.apply_thread_env(env) == {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
-    env = {"OMP_WAIT_POLICY": "ACTIVE", "KMP_BLOCKTIME": ""}
+    assert _hw.apply_thread_env(env) == {"GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "1"}
+    env = {"KMP_BLOCKTIME": ""}  # the user's value, even empty, stays
+    assert _hw.apply_thread_env(env) == {"GOMP_SPINCOUNT": "10000"}
+    assert env["KMP_BLOCKTIME"] == ""
+    env = {"OMP_WAIT_POLICY": "PASSIVE"}  # a spin count would override the user's policy
     assert _hw.apply_thread_env(env) == {}
-    assert env == {"OMP_WAIT_POLICY": "ACTIVE", "KMP_BLOCKTIME": ""}
+    assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def test_cli_process_detection():
@@ -211,17 +215,17 @@ def test_cli_sets_the_env_before_torch_loads_and_keeps_the_users(tmp_path):
         "import condattn\n"
         "from condattn import _hw\n"
         "rec = _hw.thread_env_record()\n"
-        "print(os.environ['OMP_WAIT_POLICY'], os.environ['KMP_BLOCKTIME'], "
+        "print(os.environ['GOMP_SPINCOUNT'], os.environ['KMP_BLOCKTIME'], "
         "sorted(rec['set_by_condattn']), rec['torch_loaded_before'])\n"
     )
     out = _child(probe, {"KMP_BLOCKTIME": "5"})
-    assert out == "PASSIVE 5 ['OMP_WAIT_POLICY'] False"
+    assert out == "10000 5 ['GOMP_SPINCOUNT'] False"
 
 
 @pytest.mark.slow
 def test_importing_condattn_as_a_library_leaves_the_env_alone(tmp_path):
     probe = tmp_path / "lib.py"
-    probe.write_text("import os, condattn\nprint(os.environ.get('OMP_WAIT_POLICY'))\n")
+    probe.write_text("import os, condattn\nprint(os.environ.get('GOMP_SPINCOUNT'))\n")
     assert _child(probe) == "None"
 
 
@@ -235,6 +239,7 @@ def test_plan_records_and_autocast():
         "channels_last",
         "compile",
         "threads",
+        "adapt_threads",
     }
     with plan.autocast("cpu"):
         y = torch.nn.functional.linear(torch.randn(2, 3), torch.randn(4, 3))
@@ -243,3 +248,88 @@ def test_plan_records_and_autocast():
         y = torch.nn.functional.linear(torch.randn(2, 3), torch.randn(4, 3))
     assert y.dtype == torch.float32
     assert "avx512_bf16" in cpu(CPUINFO_ZEN4).to_dict()["cpu_flags"]
+
+
+# --- threads on a shared machine ---------------------------------------------------------------
+
+
+def test_adaptive_threads_only_when_auto_on_a_cpu_and_not_deterministic():
+    caps = cpu("", cores=4, proc_stat=True)
+    assert decide(caps, System()).adapt_threads
+    assert not decide(caps, System(threads=4)).adapt_threads
+    assert not decide(caps, System(deterministic=True)).adapt_threads
+    assert not decide(cpu("", cores=4, proc_stat=True, omp_num_threads=2), System()).adapt_threads
+    assert not decide(cpu("", cores=4, proc_stat=True, quota=True), System()).adapt_threads
+    assert not decide(cpu("", cores=1, proc_stat=True), System()).adapt_threads  # one thread
+    gpu = Capabilities(device="cuda", cores=4, proc_stat=True)
+    assert not decide(gpu, System()).adapt_threads
+
+
+@pytest.mark.parametrize(
+    ("others", "expected"), [(0.0, 4), (0.2, 4), (0.3, 3), (1.0, 3), (1.3, 2), (3.9, 1), (9.0, 1)]
+)
+def test_threads_for_free_cores(others, expected):
+    assert _hw.threads_for_free_cores(others, cores=4, limit=4) == expected
+    assert _hw.threads_for_free_cores(others, cores=4, limit=2) == min(2, expected)
+
+
+class FakeMachine:
+    """/proc/stat, this process's CPU time and a clock, advanced by hand."""
+
+    def __init__(self, cpus: int = 2) -> None:
+        self.cpus, self.now, self.busy, self.ours = cpus, 0.0, [0.0] * cpus, 0.0
+        self.set_to: list[int] = []
+
+    def stat(self) -> str:
+        tick = _hw.os.sysconf("SC_CLK_TCK")
+        lines = ["cpu  0 0 0 0 0 0 0 0 0 0"]
+        for i, b in enumerate(self.busy):
+            lines.append(f"cpu{i} {round(b * tick)} 0 0 1000 0 0 0 0 0 0")
+        return "\n".join(lines)
+
+    def run(self, seconds: float, *, ours: float, others: float) -> None:
+        """``seconds`` pass with this process using ``ours`` cores and others ``others``."""
+        self.now += seconds
+        self.ours += ours * seconds
+        for i in range(self.cpus):
+            self.busy[i] += (ours + others) * seconds / self.cpus
+
+    def governor(self, limit: int = 2) -> _hw.ThreadGovernor:
+        return _hw.ThreadGovernor(
+            limit,
+            cpus=range(self.cpus),
+            every_s=2.0,
+            read_stat=self.stat,
+            cpu_time=lambda: self.ours,
+            clock=lambda: self.now,
+            set_threads=self.set_to.append,
+        )
+
+
+def test_governor_drops_a_thread_for_a_busy_process_and_takes_it_back():
+    m = FakeMachine()
+    g = m.governor()
+    m.run(2.5, ours=2.0, others=0.0)
+    assert g.poll() is None and g.threads == 2  # quiet
+    m.run(2.5, ours=1.3, others=0.7)  # a busy loop starts: one poll is not enough
+    assert g.poll() is None
+    m.run(2.5, ours=1.3, others=0.7)
+    assert g.poll() == 1 and m.set_to == [1]
+    m.run(2.5, ours=1.0, others=1.0)
+    assert g.poll() is None and g.threads == 1  # still busy: stays
+    m.run(2.5, ours=1.0, others=0.0)  # it left
+    assert g.poll() is None
+    m.run(2.5, ours=1.0, others=0.0)
+    assert g.poll() == 2 and m.set_to == [1, 2]
+    assert [c["threads"] for c in g.changes] == [1, 2]
+
+
+def test_governor_ignores_short_intervals_and_idle_gaps():
+    m = FakeMachine()
+    g = m.governor()
+    m.run(1.0, ours=1.0, others=1.0)
+    assert g.poll() is None  # under every_s: not measured yet
+    m.run(60.0, ours=0.0, others=2.0)  # this process idle (e.g. another job ran): no verdict
+    assert g.poll() is None
+    m.run(2.5, ours=2.0, others=0.0)
+    assert g.poll() is None and m.set_to == []

@@ -46,7 +46,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from condattn._hw import SpeedPlan, decide, detect, thread_env_record
+from condattn._hw import SpeedPlan, ThreadGovernor, decide, detect, thread_env_record
 from condattn._io import atomic_write_text, derive_seed, provenance
 from condattn.data import CifarData, TensorLoader
 from condattn.losses import DeepSupervisionLoss
@@ -73,8 +73,9 @@ from condattn.train.schedule import PaperSchedule, make_scheduler
 
 __all__ = ["TIMING_FIELDS", "evaluate", "speed_plan", "train"]
 
-# Fields of a metrics.jsonl line that measure time and so differ between identical runs.
-TIMING_FIELDS = ("epoch_time_s", "train_time_s", "eval_time_s", "img_per_s")
+# Fields of a metrics.jsonl line that measure time or follow the machine's load, and so differ
+# between identical runs.
+TIMING_FIELDS = ("epoch_time_s", "train_time_s", "eval_time_s", "img_per_s", "threads")
 # Config keys that may differ when resuming (they do not change the trajectory).
 _RESUME_MAY_CHANGE = {("system", "progress"), ("optim", "epochs")}
 # Without a progress bar (stdout not a terminal, or system.progress = "off"), rank 0 logs a line
@@ -221,6 +222,8 @@ class _Run:
     train_loader: TensorLoader
     test_loader: TensorLoader
     plan: SpeedPlan  # precision, memory format, compile mode, threads (speed_plan)
+    # Fits the thread count to the cores other processes leave free (plan.adapt_threads).
+    governor: ThreadGovernor | None = None
     start_epoch: int = 0  # the internal (0-based) index of the first epoch to run = epochs done
     # The best test top-1 so far (informational; the final epoch is the reported number);
     # epoch 0 = none yet.
@@ -291,6 +294,9 @@ def _build(
         train_loader=train_loader,
         test_loader=test_loader,
         plan=plan,
+        governor=ThreadGovernor(plan.threads, cpus=plan.capabilities["cpus"])
+        if plan.adapt_threads
+        else None,
     )
 
 
@@ -410,6 +416,7 @@ def _run_epoch(
         "train_time_s": t_train,
         "eval_time_s": t_epoch - t_train,
         "img_per_s": tr["n"] / t_train,
+        "threads": torch.get_num_threads(),  # at the epoch's end (the governor may change it)
     }
 
 
@@ -460,6 +467,8 @@ def _train_steps(
         sums.add(logits=out.logits, target=y, loss=parts.total, main=parts.main, aux=parts.aux)
         if on_step is not None:
             on_step(step, sums)
+        if run.governor is not None:
+            run.governor.poll()  # a clock check; measures every few seconds
     return lr
 
 
