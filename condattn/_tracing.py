@@ -50,7 +50,6 @@ class Traced:
         return {n: i for i, n in enumerate(self.gm.graph.nodes)}
 
 
-
 def check_mapping(mapping: Mapping[type[nn.Module], Any] | None) -> dict[type[nn.Module], Any]:
     if mapping is None:
         return get_attention_mapping()
@@ -61,7 +60,6 @@ def check_mapping(mapping: Mapping[type[nn.Module], Any] | None) -> dict[type[nn
             raise TypeError(f"mapping keys must be nn.Module subclasses, got {src_type!r}")
         as_builder(value)
     return dict(mapping)
-
 
 
 def default_example(model: nn.Module) -> torch.Tensor:
@@ -162,7 +160,6 @@ def unknown(kind: str, name: str, valid: Sequence[str], hint: str) -> Conversion
     shown = ", ".join(valid[:40]) + (f", ... ({len(valid)} in all)" if len(valid) > 40 else "")
     did = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
     return ConversionError(f"unknown {kind} {name!r}.{did} Valid choices: {shown}. {hint}")
-
 
 
 def stages_with_attention(t: Traced) -> dict[str, list[str]]:

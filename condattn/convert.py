@@ -170,9 +170,7 @@ def _check_stages(t: Traced, aux_at: Sequence[str]) -> None:
     order = t.order()
     for name in aux_at:
         if name not in t.outputs:
-            raise unknown(
-                "aux_at stage", name, list(t.outputs), "See condattn.list_stages(model)."
-            )
+            raise unknown("aux_at stage", name, list(t.outputs), "See condattn.list_stages(model).")
     positions = [order[t.outputs[a]] for a in aux_at]
     if positions != sorted(positions):
         ordered = sorted(aux_at, key=lambda a: order[t.outputs[a]])

@@ -17,6 +17,7 @@ from condattn.mappings import Builder
 
 __all__ = ["ConvertConfig", "get_config", "swaps_of"]
 
+
 @dataclass(frozen=True)
 class ConvertConfig:
     """Everything needed to rebuild a conversion from its base model (saved as JSON)."""
@@ -97,4 +98,3 @@ def swaps_of(model: nn.Module) -> dict[str, Swap]:
     """Module path -> :class:`Swap` of every twin that :func:`convert` put in ``model``."""
     get_config(model)
     return dict(recorded(model, SWAPS) or {})
-
