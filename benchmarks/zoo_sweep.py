@@ -57,6 +57,7 @@ ZOOS = ("torchvision", "timm")
 SIZES = (64, 96)
 TOL = 1e-4
 MAX_PARAMS = 40e6
+CALIBRATION_PIXELS = 16 * 96 * 96  # images x pixels of the BN calibration batch, at most
 BATCH = 2
 
 
@@ -168,14 +169,14 @@ def trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 @torch.no_grad()
-def calibrate_batchnorm(
-    model: nn.Module, x: torch.Tensor, *, batch: int = 16, seed: int = 2
-) -> None:
+def calibrate_batchnorm(model: nn.Module, x: torch.Tensor, *, seed: int = 2) -> None:
     """BN running statistics from one train-mode batch: the inputs ``x`` and random images of
-    their size up to ``batch``, as a trained model's statistics match its data. Random statistics
+    their size, up to 16 images at 96 px or less and as many pixels in all at larger sizes (only
+    ``x`` from 224 px on), as a trained model's statistics match its data. Random statistics
     instead (or fresh ones, mean 0 and variance 1), or ones from other images only, let the
     activations of a deep random network grow block after block in eval mode (logits in the
     thousands), and fp32 rounding with them. Leaves the model in eval mode."""
+    batch = min(16, CALIBRATION_PIXELS // (x.shape[-2] * x.shape[-1]))
     bns = [
         m
         for m in model.modules()
@@ -323,12 +324,31 @@ def check_model(
 # --- the sweep: workers with a per-model timeout -------------------------------------------------
 
 
-def _worker(conn, threads: int, max_params: float | None, tol: float) -> None:
+def _limit_memory(share: float) -> None:
+    """Let an allocation beyond ``share`` of the available memory fail in this process (a
+    ``RuntimeError`` reported as the model's failure) rather than wake the kernel's OOM killer,
+    and offer this process to the OOM killer first."""
+    import resource
+
+    with contextlib.suppress(OSError):
+        Path("/proc/self/oom_score_adj").write_text("1000")
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        status = Path("/proc/self/status").read_text().split("VmSize:")[1].split()[0]
+        available = int(info["MemAvailable"].split()[0]) * 1024
+        limit = int(status) * 1024 + int(share * available)
+    except (OSError, KeyError, IndexError, ValueError):
+        return
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _worker(conn, threads: int, max_params: float | None, tol: float, share: float) -> None:
     torch.set_num_threads(threads)
     import condattn  # noqa: F401  (imported before "ready": the timeout counts the model only)
 
     with contextlib.suppress(ImportError):
         import timm  # noqa: F401
+    _limit_memory(share)
     conn.send("ready")
     while True:
         task = conn.recv()
@@ -357,7 +377,7 @@ class _Slot:
         self.conn, child = self.ctx.Pipe()
         a = self.args
         self.proc = self.ctx.Process(
-            target=_worker, args=(child, a.threads, a.cap, a.tol), daemon=True
+            target=_worker, args=(child, a.threads, a.cap, a.tol, 0.8 / a.jobs), daemon=True
         )
         self.proc.start()
         child.close()
