@@ -37,6 +37,7 @@ import argparse
 import itertools
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -106,7 +107,8 @@ def _ours(args: argparse.Namespace, *, in_memory: bool = False, sets: list[str] 
     # As loop.train() does: the plan for this run's length, its threads, the run's objects.
     steps = cfg.optim.epochs * (int(data.train_images.shape[0]) // cfg.optim.batch_size)
     plan = loop.speed_plan(cfg, device, steps=steps)
-    loop._global_torch_state(cfg, device, plan).__enter__()  # held for the worker's life
+    state = loop._global_torch_state(cfg, device, plan)
+    state.__enter__()  # held for the worker's life (run_steps keeps it referenced)
     run_dir = Path(tempfile.mkdtemp(prefix="loop_vs_reference_"))
     run = loop._build(cfg, data=data, run_dir=run_dir, env=D.DistEnv(), device=device, plan=plan)
     net, _eval_net = loop._nets(run)
@@ -115,10 +117,12 @@ def _ours(args: argparse.Namespace, *, in_memory: bool = False, sets: list[str] 
         batches = itertools.repeat(next(batches))
     net.train()
 
-    def run_steps(n: int) -> None:
+    def run_steps(n: int, _state=state) -> dict[str, Any]:
         sums = MetricSums(num_aux=run.num_aux, device=device)
         loop._train_steps(run, net, itertools.islice(batches, n), sums=sums)
         sums.means()  # the once-per-epoch read of the metrics
+        changes = run.governor.changes if run.governor is not None else []
+        return {"threads": torch.get_num_threads(), "thread_changes": len(changes)}
 
     info = {
         "plan": plan.to_dict(),
@@ -164,13 +168,14 @@ def _reference(args: argparse.Namespace):
     batches = itertools.chain.from_iterable(iter(loader) for _ in itertools.count())
     model.train()
 
-    def run_steps(n: int) -> None:
+    def run_steps(n: int) -> dict[str, Any]:
         for x, y in itertools.islice(batches, n):
             out = as_output(model(x))
             loss = criterion(out, y).total
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+        return {"threads": torch.get_num_threads()}
 
     info = {
         "torch_threads": torch.get_num_threads(),
@@ -198,8 +203,8 @@ def worker(args: argparse.Namespace) -> int:
         if not cmd or cmd[0] == "quit":
             break
         t0 = time.perf_counter()
-        run_steps(int(cmd[1]))
-        print(json.dumps({"seconds": time.perf_counter() - t0}), flush=True)
+        state = run_steps(int(cmd[1]))
+        print(json.dumps({"seconds": time.perf_counter() - t0, **state}), flush=True)
     return 0
 
 
@@ -220,6 +225,7 @@ class Worker:
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO
         )
         self.info: dict[str, Any] = {}
+        self.states: list[dict[str, Any]] = []  # the thread count after each request
 
     def _reply(self) -> dict[str, Any]:
         line = self.proc.stdout.readline()
@@ -233,7 +239,9 @@ class Worker:
     def run(self, steps: int) -> float:
         self.proc.stdin.write(f"run {steps}\n")
         self.proc.stdin.flush()
-        return self._reply()["seconds"]
+        reply = self._reply()
+        self.states.append({k: v for k, v in reply.items() if k != "seconds"})
+        return reply["seconds"]
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -257,7 +265,9 @@ def rounds(workers: list[Worker], *, steps: int, repeats: int, log) -> dict[str,
             times[w.name].append(w.run(steps))
         log(
             f"  round {r + 1}/{repeats}: "
-            + ", ".join(f"{n} {t[-1]:.2f}s" for n, t in times.items())
+            + ", ".join(
+                f"{w.name} {times[w.name][-1]:.2f}s/{w.states[-1]['threads']}t" for w in workers
+            )
         )
     return times
 
@@ -344,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         return worker(args)
     if args.quick:
         args.steps, args.repeats, args.warmup = 4, 2, 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up the busy loop, workers
     sys.path.insert(0, str(HERE))
     import _common as C
     import torch
@@ -389,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
             busy.wait()
         for w in workers:
             w.close()
-    res["workers"] = {w.name: w.info for w in workers}
+    res["workers"] = {w.name: {**w.info, "after_each_request": w.states} for w in workers}
     res["loadavg_end"] = C.conditions(device)["loadavg_1_5_15"]
     res["wall_s"] = time.perf_counter() - t_start
     text = _markdown(res, C.conditions_line(cond))

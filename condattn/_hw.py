@@ -490,8 +490,9 @@ class ThreadGovernor:
     Every ``every_s`` seconds of stepping, :meth:`poll` compares how busy this process's CPUs
     were (``/proc/stat``) with this process's own CPU time: the rest is other processes' load.
     The thread count becomes :func:`threads_for_free_cores` (between 1 and ``limit``) once two
-    polls in a row agree. A gap of over ``3 * every_s`` between polls (the run was not stepping,
-    e.g. evaluating or idle) starts a fresh window.
+    measurements in a row agree. The first poll only starts the clock (start-up work is not
+    stepping), and so does a poll after a gap of over ``3 * every_s`` (the run was evaluating or
+    idle); a verdict waiting for its second measurement survives such a gap.
 
     Args:
         limit: the most threads (the plan's count).
@@ -521,7 +522,7 @@ class ThreadGovernor:
         self.threads = limit
         self.changes: list[dict[str, float]] = []  # what changed when (for the run's log)
         self._pending: int | None = None
-        self._mark()
+        self._t: float | None = None  # no window yet: the first poll starts one
 
     def _mark(self) -> None:
         self._t = self._clock()
@@ -531,13 +532,15 @@ class ThreadGovernor:
     def poll(self) -> int | None:
         """Call after every step; returns the new thread count when it changed, else None."""
         now = self._clock()
+        if self._t is None:
+            self._mark()
+            return None
         wall = now - self._t
         if wall < self.every_s:
             return None
         busy0, ours0 = self._busy, self._ours
         self._mark()
         if wall > 3 * self.every_s:  # not stepping in between: start a fresh window
-            self._pending = None
             return None
         others = max(0.0, (self._busy - busy0) - (self._ours - ours0)) / wall
         target = threads_for_free_cores(others, cores=len(self.cpus), limit=self.limit)
