@@ -18,7 +18,9 @@ Three variants train the same model (the narrow SE-ResNet18 of ``recipes/quick.t
 
 Each variant lives in its own worker process (its own environment and threads, as separate jobs
 would) and is first warmed up. Each round then asks every worker in turn (the first rotating) to
-run ``--steps`` steps, and times them; one worker runs at a time. The quiet phase is followed by a
+run ``--steps`` steps, and times them; one worker runs at a time, and each turn starts once the
+machine's load is back to the phase's baseline (the reference's DataLoader workers go on
+prefetching after its turn). The quiet phase is followed by a
 busy one with a competing one-core busy loop (``python -c "while True: pass"``). Reported: median
 img/s per variant and phase, the median of same-round ratios condattn / reference, and busy /
 quiet per variant (the goal: >= 1.8x quiet, and condattn keeping >= 45% of its quiet speed).
@@ -256,12 +258,38 @@ class Worker:
 # --- the parent ------------------------------------------------------------------------------
 
 
-def rounds(workers: list[Worker], *, steps: int, repeats: int, log) -> dict[str, list[float]]:
-    """``repeats`` rounds of ``steps`` steps per worker, one worker at a time, first rotating."""
+def machine_load(seconds: float = 0.2) -> float:
+    """Cores kept busy on this machine over ``seconds`` (``/proc/stat``), by all processes."""
+    from condattn._hw import _busy_seconds
+
+    cpus = range(os.cpu_count() or 1)
+    stat = Path("/proc/stat")
+    b0 = _busy_seconds(stat.read_text(), cpus)
+    time.sleep(seconds)
+    return (_busy_seconds(stat.read_text(), cpus) - b0) / seconds
+
+
+def settle(baseline: float, *, limit_s: float = 5.0) -> None:
+    """Waits until the machine's load is back to ``baseline`` cores (+0.3): the reference's
+    DataLoader workers keep prefetching after its turn, and would run in the next one's."""
+    if not Path("/proc/stat").is_file():
+        time.sleep(1.0)
+        return
+    t0 = time.perf_counter()
+    while machine_load() > baseline + 0.3 and time.perf_counter() - t0 < limit_s:
+        pass
+
+
+def rounds(
+    workers: list[Worker], *, steps: int, repeats: int, log, baseline: float = 0.0
+) -> dict[str, list[float]]:
+    """``repeats`` rounds of ``steps`` steps per worker, one worker at a time, first rotating;
+    each turn starts once the machine is back to ``baseline`` load (:func:`settle`)."""
     times: dict[str, list[float]] = {w.name: [] for w in workers}
     for r in range(repeats):
         k = r % len(workers)
         for w in workers[k:] + workers[:k]:
+            settle(baseline)
             times[w.name].append(w.run(steps))
         log(
             f"  round {r + 1}/{repeats}: "
@@ -392,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1.0)
             log(f"busy phase (competing busy loop, pid {busy.pid})")
             res["busy"] = _summary(
-                rounds(workers, steps=args.steps, repeats=args.repeats, log=log), images
+                rounds(workers, steps=args.steps, repeats=args.repeats, log=log, baseline=1.0),
+                images,
             )
     finally:
         if busy is not None:

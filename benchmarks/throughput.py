@@ -43,6 +43,7 @@ from torch import nn
 
 import condattn
 from condattn.models import create_model
+from condattn.nn._common import GlobalAvgPool
 
 LABEL = {"se": "SE", "se_a": "SE-A", "se_r": "SE-R", "plain": "plain", "se_plain": "SE"}
 # mode -> (channels_last, bf16 autocast, torch.compile). ``bf16_cl`` is condattn's default on a
@@ -55,8 +56,21 @@ MODE_FLAGS: dict[str, tuple[bool, bool, bool]] = {
     "bf16": (False, True, False),
     "bf16_cl": (True, True, False),
     "compile_bf16_cl": (True, True, True),
+    "bf16_cl_torchpool": (True, True, False),
 }
 MODES = tuple(MODE_FLAGS)
+# Modes whose SE pools are torch's own ``nn.AdaptiveAvgPool2d`` (a mean) instead of condattn's
+# GlobalAvgPool (a matrix product on CPU in bf16): what the default mode cost before.
+TORCH_POOL_MODES = ("bf16_cl_torchpool",)
+
+
+def with_torch_pools(model: nn.Module) -> nn.Module:
+    """``model`` with every :class:`GlobalAvgPool` replaced by ``nn.AdaptiveAvgPool2d(1)``."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, GlobalAvgPool):
+                setattr(parent, name, nn.AdaptiveAvgPool2d(1))
+    return model
 
 
 def widths_for(scale: float) -> tuple[int, ...]:
@@ -270,8 +284,11 @@ def part_a(args, device, log) -> tuple[dict, str]:
 def _mode_steps(model: nn.Module, mode: str, args, device) -> dict[str, Callable[[], Any]]:
     # A copy per mode: make_steps converts the memory format in place (Module.to), and modes that
     # share one model would all run with the format of the last one prepared.
+    model = copy.deepcopy(model)
+    if mode in TORCH_POOL_MODES:
+        model = with_torch_pools(model)
     return make_steps(
-        copy.deepcopy(model),
+        model,
         batch=args.batch,
         size=args.size,
         device=device,

@@ -492,7 +492,9 @@ class ThreadGovernor:
     The thread count becomes :func:`threads_for_free_cores` (between 1 and ``limit``) once two
     measurements in a row agree. The first poll only starts the clock (start-up work is not
     stepping), and so does a poll after a gap of over ``3 * every_s`` (the run was evaluating or
-    idle); a verdict waiting for its second measurement survives such a gap.
+    idle) or after a step of at least 0.5 s in which this process used under a quarter of a core (it
+    was waiting, e.g. for another job that shares its turns; the others' load then says nothing
+    about its own steps). A verdict waiting for its second measurement survives such gaps.
 
     Args:
         limit: the most threads (the plan's count).
@@ -516,6 +518,7 @@ class ThreadGovernor:
         set_threads=None,
     ) -> None:
         self.limit, self.cpus, self.every_s = limit, tuple(cpus), every_s
+        self.min_own_cores = 0.25  # a stepping process keeps at least a quarter of a core busy
         self._read_stat = read_stat or (lambda: _read(Path("/proc/stat")) or "")
         self._cpu_time, self._clock = cpu_time, clock
         self._set = set_threads or _torch_set_threads
@@ -523,6 +526,7 @@ class ThreadGovernor:
         self.changes: list[dict[str, float]] = []  # what changed when (for the run's log)
         self._pending: int | None = None
         self._t: float | None = None  # no window yet: the first poll starts one
+        self._last: tuple[float, float] | None = None  # (clock, own CPU time) at the last poll
 
     def _mark(self) -> None:
         self._t = self._clock()
@@ -531,9 +535,14 @@ class ThreadGovernor:
 
     def poll(self) -> int | None:
         """Call after every step; returns the new thread count when it changed, else None."""
-        now = self._clock()
+        now, cpu = self._clock(), self._cpu_time()
+        last, self._last = self._last, (now, cpu)
         if self._t is None:
             self._mark()
+            return None
+        waited = last is not None and now - last[0] >= 0.5
+        if waited and (cpu - last[1]) / (now - last[0]) < self.min_own_cores:
+            self._mark()  # this process waited since the last step: a fresh window
             return None
         wall = now - self._t
         if wall < self.every_s:

@@ -49,6 +49,8 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from condattn.nn._common import GlobalAvgPool
+
 __all__ = ["MAC_RULES", "count_macs", "count_params", "mac_breakdown"]
 
 MAC_RULES = ("paper", "thop", "flop_counter")
@@ -112,6 +114,7 @@ _PAPER_RULES: dict[type[nn.Module], Callable[..., int]] = {
     nn.AvgPool1d: _avgpool,
     nn.AvgPool2d: _avgpool,
     nn.AvgPool3d: _avgpool,
+    GlobalAvgPool: _adaptive_avgpool,  # our SE's nn.AdaptiveAvgPool2d(1), computed faster
 }
 
 
@@ -234,7 +237,11 @@ def count_macs(
             import thop
         except ImportError as e:  # pragma: no cover - thop is a dependency
             raise ImportError("rules='thop' needs the thop package: pip install thop") from e
-        macs, _ = thop.profile(model, inputs=(x,), verbose=False)
+        from thop.profile import register_hooks
+
+        # thop looks rules up by exact type: our pool subclass counts as what it is.
+        ours = {GlobalAvgPool: register_hooks[nn.AdaptiveAvgPool2d]}
+        macs, _ = thop.profile(model, inputs=(x,), custom_ops=ours, verbose=False)
         return int(macs)
     from torch.utils.flop_counter import FlopCounterMode
 

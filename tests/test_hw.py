@@ -350,3 +350,21 @@ def test_governor_verdict_survives_idle_gaps_between_short_bursts():
         m.run(2.5, ours=1.3, others=0.7)  # stepping beside a busy process
         decided.append(g.poll())
     assert decided == [None, 1, None] and g.threads == 1
+
+
+def test_governor_ignores_windows_it_mostly_waited_through():
+    """Short bursts taking turns with other jobs (a benchmark's interleaved workers): a window
+    that holds a wait is not measured, even when shorter than the idle-gap limit."""
+    m = FakeMachine()
+    g = m.governor()
+    assert g.poll() is None
+    for _turn in range(6):
+        for _step in range(16):  # its own burst, quiet, a poll after every step
+            m.run(0.1, ours=2.0, others=0.0)
+            assert g.poll() is None
+        m.run(3.2, ours=0.0, others=2.0)  # the other jobs' turns
+    assert g.threads == 2 and m.set_to == []
+    for _step in range(60):  # but a busy process beside its steps is still seen
+        m.run(0.1, ours=1.2, others=0.8)
+        g.poll()
+    assert g.threads == 1 and m.set_to == [1]

@@ -1,4 +1,4 @@
-"""Argument checks and the T-column initialisation shared by every conditioned block."""
+"""Argument checks, the T-column initialisation and the pooling shared by the attention blocks."""
 
 from __future__ import annotations
 
@@ -8,6 +8,65 @@ import torch
 from torch import Tensor, nn
 
 INITS = ("zeros", "default")
+_HALF = (torch.bfloat16, torch.float16)
+
+
+def _sum_by_matmul(x: Tensor) -> bool:
+    """Whether a mean of ``x`` is better taken as a matrix product.
+
+    On CPU, torch 2.14's sum/mean kernels run 10-20x slower in bf16 and fp16 than in fp32 (a
+    (128, 128, 32, 32) bf16 tensor: 22 ms for ``mean((2, 3))``, 1.2 ms as a matrix product).
+    Under bf16 autocast this made SE's pool most of SE's cost (docs/results.md, Speed).
+    oneDNN's matrix product accumulates in fp32 and reads the tensor in its own layout.
+    """
+    return x.device.type == "cpu" and x.dtype in _HALF and x.dim() == 4
+
+
+def global_avg_pool(x: Tensor) -> Tensor:
+    """The mean over H and W, shaped ``(B, C, 1, 1)``: ``adaptive_avg_pool2d(x, 1)`` (Eq. 1).
+
+    On CPU in bf16/fp16 (see :func:`_sum_by_matmul`) the sum is a matrix product with a
+    vector of ones, then divided by ``H * W`` (two roundings to the half type, against one);
+    elsewhere it is ``x.mean``.
+    """
+    if not _sum_by_matmul(x):
+        return x.mean((2, 3), keepdim=True)
+    b, c, h, w = x.shape
+    ones = x.new_ones(h * w, 1)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        s = torch.matmul(ones.t(), x.permute(0, 2, 3, 1).reshape(b, h * w, c))  # (B, 1, C)
+    else:
+        s = torch.matmul(x.reshape(b, c, h * w), ones)  # (B, C, 1)
+    return (s / (h * w)).view(b, c, 1, 1)
+
+
+def channel_mean(x: Tensor) -> Tensor:
+    """The mean over C, shaped ``(B, 1, H, W)`` (CBAM's spatial descriptor); as
+    :func:`global_avg_pool`, a matrix product on CPU in bf16/fp16."""
+    if not _sum_by_matmul(x):
+        return x.mean(1, keepdim=True)
+    b, c, h, w = x.shape
+    ones = x.new_ones(c, 1)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        s = torch.matmul(x.permute(0, 2, 3, 1).reshape(b, h * w, c), ones)  # (B, HW, 1)
+        return (s / c).view(b, h, w, 1).permute(0, 3, 1, 2)
+    s = torch.matmul(ones.t(), x.reshape(b, c, h * w))  # (B, 1, HW)
+    return (s / c).view(b, 1, h, w)
+
+
+class GlobalAvgPool(nn.AdaptiveAvgPool2d):
+    """``nn.AdaptiveAvgPool2d(1)`` computed by :func:`global_avg_pool`."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return global_avg_pool(x)
+
+
+# torch.fx records these as calls instead of tracing their dtype and layout tests.
+torch.fx.wrap("global_avg_pool")
+torch.fx.wrap("channel_mean")
 
 
 def check_positive_int(name: str, value: int) -> int:

@@ -10,25 +10,30 @@ from torch import Tensor, nn
 
 from condattn.nn._common import (
     as_cond,
+    channel_mean,
     check_positive_int,
     check_source,
     cond_dim_of,
+    global_avg_pool,
     load_layer,
     reduced_channels,
     source_channels,
 )
+
+torch.fx.wrap("channel_mean")  # traced as one call: its dtype and layout tests need tensors
+torch.fx.wrap("global_avg_pool")  # traced as one call: its dtype and layout tests need tensors
 
 __all__ = ["Cbam", "CondCbam"]
 
 
 def _spatial_descriptor(x: Tensor) -> Tensor:
     """``[mean_c(x); max_c(x)]``, shaped ``(B, 2, H, W)`` (the timm order)."""
-    return torch.cat([reduce(x, "b c h w -> b 1 h w", op) for op in ("mean", "max")], dim=1)
+    return torch.cat([channel_mean(x), reduce(x, "b c h w -> b 1 h w", "max")], dim=1)
 
 
 def _channel_descriptors(x: Tensor) -> tuple[Tensor, Tensor]:
     """``avg(U)`` and ``max(U)`` over the spatial axes, each ``(B, C)``."""
-    return reduce(x, "b c h w -> b c", "mean"), reduce(x, "b c h w -> b c", "max")
+    return global_avg_pool(x).flatten(1), reduce(x, "b c h w -> b c", "max")
 
 
 class Cbam(nn.Module):

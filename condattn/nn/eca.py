@@ -14,8 +14,11 @@ from condattn.nn._common import (
     check_positive_int,
     check_source,
     cond_dim_of,
+    global_avg_pool,
     source_channels,
 )
+
+torch.fx.wrap("global_avg_pool")  # traced as one call: its dtype and layout tests need tensors
 
 __all__ = ["CondEca", "Eca", "eca_kernel_size"]
 
@@ -41,7 +44,7 @@ def _eca_conv(channels: int, kernel_size: int | None, *, gamma: int, beta: int) 
 
 
 def _channel_logits(conv: nn.Conv1d, x: Tensor) -> Tensor:
-    z = x.mean((2, 3))  # Eq. 1: (B, C)
+    z = global_avg_pool(x).flatten(1)  # Eq. 1: (B, C)
     return conv(z[:, None, :])[:, 0, :]  # 1-D conv across channels: (B, C)
 
 

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import copy
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from condattn.nn._common import as_cond, check_positive_int, cond_dim_of, source_channels
+from condattn.nn._common import (
+    as_cond,
+    check_positive_int,
+    cond_dim_of,
+    global_avg_pool,
+    source_channels,
+)
 from condattn.nn._timm_common import check_timm_source, init_cond_matrix
+
+torch.fx.wrap("global_avg_pool")  # traced as one call: its dtype and layout tests need tensors
 
 __all__ = ["CondCeca"]
 
@@ -56,7 +65,7 @@ class CondCeca(nn.Module):
     def _scale(self, x: Tensor, cond: Tensor) -> Tensor:
         """The gate s: ``(B, C, 1, 1)``."""
         t = as_cond(cond, x, self.cond_dim)  # (B, n)
-        z = x.mean((2, 3)).view(x.shape[0], 1, -1)  # Eq. 1: (B, 1, C)
+        z = global_avg_pool(x).view(x.shape[0], 1, -1)  # Eq. 1: (B, 1, C)
         z = F.pad(z, (self.padding, self.padding), mode="circular")  # (B, 1, C + 2p)
         a = self.conv(z)[:, 0, :] + self.cond_fc(t)  # conv1d_k(circpad(z)) + W_T T: (B, C)
         return self.gate(a)[:, :, None, None]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -11,6 +12,7 @@ from condattn.nn._common import (
     as_cond,
     check_positive_int,
     cond_dim_of,
+    global_avg_pool,
     reduced_channels,
     source_channels,
 )
@@ -20,6 +22,8 @@ from condattn.nn._timm_common import (
     init_cond_matrix,
     timm_type,
 )
+
+torch.fx.wrap("global_avg_pool")  # traced as one call: its dtype and layout tests need tensors
 
 __all__ = ["CondGatherExcite"]
 
@@ -91,7 +95,7 @@ class CondGatherExcite(nn.Module):
         if self.gather is not None:
             return self.gather(x)
         if self.extent == 0:
-            g = x.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
+            g = global_avg_pool(x)  # (B, C, 1, 1)
             if self.add_maxpool:
                 g = 0.5 * g + 0.5 * x.amax((2, 3), keepdim=True)
             return g

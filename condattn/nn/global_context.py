@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -11,10 +12,13 @@ from condattn.nn._common import (
     as_cond,
     check_positive_int,
     cond_dim_of,
+    global_avg_pool,
     reduced_channels,
     source_channels,
 )
 from condattn.nn._timm_common import CondConvMlp, check_timm_source, timm_type
+
+torch.fx.wrap("global_avg_pool")  # traced as one call: its dtype and layout tests need tensors
 
 __all__ = ["CondGlobalContext"]
 
@@ -78,7 +82,7 @@ class CondGlobalContext(nn.Module):
         """k: ``(B, C, 1, 1)`` (timm's GlobalContext context step, verbatim)."""
         b, c, h, w = x.shape
         if self.conv_attn is None:
-            return x.mean(dim=(2, 3), keepdim=True)
+            return global_avg_pool(x)
         attn = self.conv_attn(x).reshape(b, 1, h * w)  # (B, 1, HW)
         attn = F.softmax(attn, dim=-1).unsqueeze(3)  # (B, 1, HW, 1)
         context = x.reshape(b, c, h * w).unsqueeze(1) @ attn  # (B, 1, C, 1)

@@ -9,20 +9,26 @@ from torch import Tensor, nn
 
 from condattn.nn._common import (
     as_cond,
+    channel_mean,
     check_positive_int,
     cond_dim_of,
+    global_avg_pool,
     load_layer,
     reduced_channels,
     source_channels,
 )
 from condattn.nn._timm_common import check_timm_source, timm_type
 
+torch.fx.wrap("channel_mean")  # traced as one call: its dtype and layout tests need tensors
+torch.fx.wrap("global_avg_pool")  # traced as one call: its dtype and layout tests need tensors
+
 __all__ = ["CondLightCbam"]
 
 
 def _mix_pool(x: Tensor, dims: int | tuple[int, ...]) -> Tensor:
     """``(mean + max) / 2`` over ``dims`` (keepdim), timm's light pooling."""
-    return 0.5 * x.mean(dims, keepdim=True) + 0.5 * x.amax(dims, keepdim=True)
+    mean = global_avg_pool(x) if dims == (2, 3) else channel_mean(x)
+    return 0.5 * mean + 0.5 * x.amax(dims, keepdim=True)
 
 
 class CondLightCbam(nn.Module):

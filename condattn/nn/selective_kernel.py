@@ -12,10 +12,13 @@ from condattn.nn._common import (
     as_cond,
     check_positive_int,
     cond_dim_of,
+    global_avg_pool,
     load_layer,
     source_channels,
 )
 from condattn.nn._timm_common import check_timm_source, make_divisible, timm_type
+
+torch.fx.wrap("global_avg_pool")  # traced as one call: its dtype and layout tests need tensors
 
 __all__ = ["CondSelectiveKernel", "CondSelectiveKernelAttn"]
 
@@ -67,7 +70,7 @@ class CondSelectiveKernelAttn(nn.Module):
                 f"expected the stacked paths (B, {self.num_paths}, C, H, W), got {tuple(x.shape)}"
             )
         t = as_cond(cond, x, self.cond_dim)  # (B, n)
-        z = x.sum(1).mean((2, 3), keepdim=True)  # fuse, then Eq. 1: (B, C, 1, 1)
+        z = global_avg_pool(x.sum(1))  # fuse, then Eq. 1: (B, C, 1, 1)
         h = self.fc_reduce(torch.cat([t[:, :, None, None], z], dim=1))  # W_red [T; z]
         a = self.fc_select(self.act(self.bn(h)))  # (B, P * C, 1, 1)
         b, pc = a.shape[:2]

@@ -8,13 +8,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from condattn.nn._common import as_cond, check_positive_int, cond_dim_of, source_channels
+from condattn.nn._common import (
+    as_cond,
+    check_positive_int,
+    cond_dim_of,
+    global_avg_pool,
+    source_channels,
+)
 from condattn.nn._timm_common import (
     check_timm_source,
     init_cond_matrix,
     make_divisible,
     timm_type,
 )
+
+torch.fx.wrap("global_avg_pool")  # traced as one call: its dtype and layout tests need tensors
 
 __all__ = ["CondSplitAttn"]
 
@@ -109,7 +117,7 @@ class CondSplitAttn(nn.Module):
         t = as_cond(cond, x, self.cond_dim)  # (B, n)
         b, rc, h, w = x.shape
         z = x.reshape(b, self.radix, rc // self.radix, h, w).sum(1) if self.radix > 1 else x
-        z = z.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
+        z = global_avg_pool(z)  # (B, C, 1, 1)
         h1 = self.fc1(z) + self.fc1_cond(t)[:, :, None, None]  # W1 [T; z] = W1_z z + W1_T T
         a = self.fc2(self.act1(self.bn1(h1)))  # (B, R * C, 1, 1)
         return _radix_softmax(a, self.radix, self.cardinality).view(b, -1, 1, 1)

@@ -8,13 +8,17 @@ import torch
 from torch import Tensor, nn
 
 from condattn.nn._common import (
+    GlobalAvgPool,
     as_cond,
     check_source,
     cond_dim_of,
+    global_avg_pool,
     load_layer,
     reduced_channels,
     source_channels,
 )
+
+torch.fx.wrap("global_avg_pool")  # traced as one call: its dtype and layout tests need tensors
 
 __all__ = ["CondEffectiveSE", "CondLinear", "CondSqueezeExcite", "SqueezeExcite"]
 
@@ -47,7 +51,7 @@ class SqueezeExcite(nn.Module):
         super().__init__()
         rd = reduced_channels(channels, r=r, rd_channels=rd_channels)
         self.channels = channels
-        self.pool = nn.AdaptiveAvgPool2d(1)  # Eq. 1: (B, C, H, W) -> (B, C, 1, 1)
+        self.pool = GlobalAvgPool()  # Eq. 1: (B, C, H, W) -> (B, C, 1, 1)
         self.fc1 = nn.Linear(channels, rd)  # W1: C -> C/r
         self.act = act_layer()  # delta
         self.fc2 = nn.Linear(rd, channels)  # W2: C/r -> C
@@ -102,7 +106,7 @@ class CondSqueezeExcite(nn.Module):
         self.channels = channels
         self.cond_dim = cond_dim_of(cond_dim)
         self.add_maxpool = add_maxpool
-        self.pool = nn.AdaptiveAvgPool2d(1)  # Eq. 1
+        self.pool = GlobalAvgPool()  # Eq. 1
         self.fc1 = nn.Linear(cond_dim + channels, rd, bias=bias)  # W1 on z' = [T; z]
         self.norm = norm if norm is not None else nn.Identity()
         self.act = act_layer()
@@ -289,7 +293,7 @@ class CondEffectiveSE(nn.Module):
 
     def _scale(self, x: Tensor, cond: Tensor) -> Tensor:
         t = as_cond(cond, x, self.cond_dim)
-        z = x.mean((2, 3))
+        z = global_avg_pool(x).flatten(1)
         if self.add_maxpool:
             z = 0.5 * z + 0.5 * x.amax((2, 3))
         return self.gate(self.fc(torch.cat([t, z], dim=1)))[:, :, None, None]
