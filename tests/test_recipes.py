@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -111,6 +112,11 @@ def test_every_recipe_resolves(configs: dict) -> None:
         if name == "quick.toml":
             continue
         o = cfg.optim  # the paper's section 4 schedule, inherited from base.toml
+        if Path(name).parts[0] == "evidence":  # scaled in time: lr steps at the same fractions
+            assert o.milestones == tuple(math.ceil(m * o.epochs / 200) for m in (60, 120, 160))
+            assert (o.lr, o.batch_size, o.gamma, o.warmup_epochs) == (0.1, 128, 0.2, 1), name
+            assert (o.momentum, o.nesterov, o.weight_decay) == (0.9, True, 5e-4), name
+            continue
         assert (o.lr, o.batch_size, o.epochs, o.milestones, o.gamma) == (
             0.1,
             128,
