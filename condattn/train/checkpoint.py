@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from condattn._io import atomic_torch_save
 from condattn.models import create_model
 from condattn.serialization import load as load_converted
+from condattn.serialization import load_base_state_dict
 from condattn.train.build import build_model
 from condattn.train.config import TrainConfig
 from condattn.train.recipe import config_from_dict
@@ -39,9 +40,11 @@ __all__ = [
     "CHECKPOINT_NAME",
     "CheckpointError",
     "LoadedModel",
+    "apply_init_weights",
     "load_checkpoint",
     "load_model",
     "model_from_checkpoint",
+    "read_init_weights",
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
@@ -172,6 +175,74 @@ def _check_run_checkpoint(path: Path, state: Any) -> dict[str, Any]:
             f"{path}: checkpoint format {version}, but this condattn reads format {FORMAT_VERSION}"
         )
     return state
+
+
+def read_init_weights(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], str]:
+    """The plain model's weights that ``model.init_from`` names, and a line describing them.
+
+    ``path`` is a run checkpoint of a variant ``"se"`` run (the file or its run directory) or a
+    file holding a plain model's ``state_dict`` (``torch.save(model.state_dict(), path)``).
+
+    Raises:
+        CheckpointError: nothing there, an unreadable file, a converted (se_a/se_r) run or a
+            :func:`condattn.save` file (their weights are not a plain model's), or neither kind.
+    """
+    p = Path(path)
+    if p.is_dir():
+        p = p / CHECKPOINT_NAME
+    if not p.is_file():
+        raise CheckpointError(
+            f"model.init_from: no file at {p}; give a plain (variant 'se') run's checkpoint.pt "
+            "or run directory, or a file of torch.save(model.state_dict())"
+        )
+    payload = read_torch_file(p)
+    if _is_run_checkpoint(payload):
+        state = _check_run_checkpoint(p, payload)
+        variant = state["config"].get("model", {}).get("variant")
+        if variant != "se":
+            raise CheckpointError(
+                f"model.init_from: {p} is a variant {variant!r} run; fine-tuning starts from a "
+                "plain model's weights: a variant 'se' run"
+            )
+        return state["model"], f"{p} (run {state['config'].get('name')!r}, epoch {state['epoch']})"
+    if isinstance(payload, dict) and {"format", "state_dict"} <= payload.keys():
+        raise CheckpointError(
+            f"model.init_from: {p} is a condattn.save file of a converted model; give the "
+            "plain model's weights (a variant 'se' run or its state_dict)"
+        )
+    if (
+        isinstance(payload, dict)
+        and payload
+        and all(isinstance(v, Tensor) for v in payload.values())
+    ):
+        return payload, str(p)
+    raise CheckpointError(
+        f"model.init_from: {p} is neither a condattn run checkpoint nor a state_dict "
+        "(a dict of tensors)"
+    )
+
+
+def apply_init_weights(
+    model: nn.Module, state_dict: Mapping[str, Tensor], *, variant: str, source: str
+) -> None:
+    """Loads a plain model's ``state_dict`` into a run's freshly built ``model``: directly for
+    variant ``"se"``, with :func:`condattn.load_base_state_dict` for se_a/se_r (the heads and
+    T columns keep their init).
+
+    Raises:
+        CheckpointError: the weights do not fit (the first differing key or shape).
+    """
+    try:
+        if variant == "se":
+            model.load_state_dict(state_dict)
+        else:
+            load_base_state_dict(model, state_dict)
+    except RuntimeError as err:
+        lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+        detail = " ".join(lines[:3])[:300]
+        raise CheckpointError(
+            f"model.init_from: {source} does not fit this run's model.arch: {detail}"
+        ) from None
 
 
 def model_from_checkpoint(

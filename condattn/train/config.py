@@ -95,6 +95,12 @@ class ModelConfig:
     # SE blocks of SE-ResNet50: our reading of section 5.6, which does not say);
     # ["layer3", "layer4"] is the other reading, the stages the aux heads' T feeds.
     aux_model_feeds: tuple[str, ...] = ()
+    # Fine-tuning: start from a plain model's trained weights instead of random ones: a run
+    # checkpoint of a variant "se" run (its file or run directory), or a file holding the plain
+    # model's state_dict. se_a/se_r load them with condattn.load_base_state_dict (the heads and
+    # the T columns keep their init: with cond_init = "zeros" the model computes exactly what
+    # the plain one did at step 0). Empty = random init.
+    init_from: str = ""
     # [model.kwargs]: further constructor options of arch (e.g. timm's drop_rate); empty = the
     # model's own defaults. num_classes comes from the data, r/widths have their own keys.
     kwargs: dict[str, Any] = field(default_factory=dict)

@@ -61,7 +61,9 @@ from condattn.train.build import (
 )
 from condattn.train.checkpoint import (
     CHECKPOINT_NAME,
+    apply_init_weights,
     load_checkpoint,
+    read_init_weights,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -202,7 +204,15 @@ def train(
         state = load_checkpoint(run_dir / CHECKPOINT_NAME) if resume else None
         if state is not None:
             _check_resumable(cfg, state["config"])  # before building anything: fail fast
+        init = (
+            read_init_weights(cfg.model.init_from)
+            if cfg.model.init_from and state is None
+            else None
+        )
         run = _build(cfg, data=data, run_dir=run_dir, env=env, device=device, plan=plan)
+        if init is not None:  # fine-tuning: the plain model's weights (model.init_from)
+            apply_init_weights(run.core, init[0], variant=cfg.model.variant, source=init[1])
+            log(f"weights from {init[1]}")
         _restore(run, state, resume=resume)
         return _fit(run, data=data, log=log)
 
