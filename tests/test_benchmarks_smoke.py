@@ -88,3 +88,54 @@ def test_interleaved_rotates_and_summarizes(bench_modules):
     assert res["a"]["n"] == 3 and res["a"]["median_s"] >= 0
     assert C.summarize([1.0, 2.0, 3.0, 4.0, 100.0])["median_s"] == 3.0
     assert C.device_slug(torch.device("cpu")) == "cpu"
+
+
+def _fake_study(root: Path, overrides: list[str], top1: dict[int, float]) -> Path:
+    """A compare directory as ``condattn compare`` leaves it: summary, logs, run dirs with a
+    checkpoint each."""
+    runs = []
+    for seed, acc in top1.items():
+        d = root / "se_r" / f"seed{seed}"
+        d.mkdir(parents=True)
+        for f in ("metrics.jsonl", "results.json", "config.json", "checkpoint.pt"):
+            (d / f).write_text("{}\n")
+        runs.append({"seed": seed, "top1": acc, "run_dir": f"se_r/seed{seed}"})
+    (root / "logs").mkdir()
+    (root / "logs" / "se_r-seed0.log").write_text("epoch 1/1\n")
+    summary = {
+        "conditions": {"recipe": "r.toml", "overrides": overrides, "epochs": 1},
+        "variants": {"se_r": {"runs": runs}},
+        "missing": [],
+    }
+    (root / "compare.json").write_text(json.dumps(summary))
+    (root / "compare.md").write_text("# table\n")
+    return root
+
+
+def test_evidence_collect_and_contrast(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    try:
+        evidence = importlib.import_module("evidence")
+    finally:
+        sys.path.remove(str(BENCH))
+    a = _fake_study(tmp_path / "a", ["x=1", "p=bf16"], {0: 30.0, 1: 31.0, 2: 29.5})
+    b = _fake_study(tmp_path / "b", ["x=1", "p=fp32"], {0: 29.0, 1: 30.5, 2: 29.0})
+    out = tmp_path / "evidence"
+    dest = evidence.collect(a, "a", out=out)
+    assert (dest / "compare.json").is_file() and (dest / "logs" / "se_r-seed0.log").is_file()
+    assert (dest / "se_r" / "seed1" / "metrics.jsonl").is_file()
+    assert not list(dest.rglob("checkpoint.pt"))  # never the checkpoints
+    res = evidence.contrast(a, b, variant="se_r", name="a_vs_b", out=out)
+    d = res["a_minus_b"]
+    assert d["mean"] == pytest.approx(2.0 / 3) and d["n_pairs"] == 3
+    assert d["ci95"][0] < d["mean"] < d["ci95"][1]
+    assert res["a"]["differs_by"] == ["p=bf16"] and res["b"]["differs_by"] == ["p=fp32"]
+    text = (out / "a_vs_b.md").read_text()
+    assert "+0.67 points" in text and "p=bf16" in text
+    summary = json.loads((a / "compare.json").read_text())
+    summary["missing"] = ["se_r/seed3"]
+    (a / "compare.json").write_text(json.dumps(summary))
+    with pytest.raises(SystemExit, match="unfinished runs"):
+        evidence.collect(a, "a", out=out)
+    with pytest.raises(SystemExit, match="no variant 'se'"):
+        evidence.contrast(a, b, variant="se", name="x", out=out)

@@ -94,7 +94,7 @@ def test_init_from_errors_say_what_to_give(se_run, data, tmp_path):
         read_init_weights(odd)
     sd, source = read_init_weights(se_run / "checkpoint.pt")
     wider = build_model(_cfg("se_r", widths=(16, 32, 64, 128)), num_classes=100)
-    with pytest.raises(CheckpointError, match="does not fit this run's model.arch"):
+    with pytest.raises(CheckpointError, match=r"does not fit this run's model\.arch"):
         apply_init_weights(wider, sd, variant="se_r", source=source)
 
 
