@@ -144,3 +144,24 @@ def test_config_is_frozen() -> None:
     cfg = TrainConfig()
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.name = "x"  # type: ignore[misc]
+
+
+def test_aux_head_sizes_reach_the_heads_and_bad_ones_are_refused() -> None:
+    from condattn.convert import AUX_HEAD_KEYS
+    from condattn.nn import AuxHead
+    from condattn.train import config as C
+    from condattn.train.build import build_model
+
+    assert C.AUX_HEAD_KEYS == AUX_HEAD_KEYS  # the config checks what convert takes
+    sets = ["model.widths=[8,16,32,64]", "model.aux_head.width=16", "model.aux_head.hidden=64"]
+    cfg = load_recipe(RECIPES / "quick.toml", sets)
+    assert cfg.model.aux_head == {"width": 16, "hidden": 64}
+    heads = [m for m in build_model(cfg, num_classes=10).modules() if isinstance(m, AuxHead)]
+    assert len(heads) == 2
+    assert all(h.conv.out_channels == 16 and h.fc1.out_features == 64 for h in heads)
+    assert "aux_head" in config_to_toml(cfg)
+    assert load_recipe(RECIPES / "quick.toml", [*sets, "model.variant=se"]).model.aux_head == {}
+    with pytest.raises(ConfigError, match=r"model\.aux_head\.depth is unknown; valid: pool_size"):
+        load_recipe(RECIPES / "quick.toml", ["model.aux_head.depth=2"])
+    with pytest.raises(ConfigError, match=r"model\.aux_head\.width must be a positive integer"):
+        load_recipe(RECIPES / "quick.toml", ["model.aux_head.width=0"])

@@ -194,6 +194,7 @@ def build_model(cfg: TrainConfig, *, num_classes: int) -> nn.Module:
         cond=m.cond,
         detach_cond=m.detach_cond,
         aux_dropout=m.aux_dropout,
+        aux_head=m.aux_head or None,
         init=m.cond_init,
         aux_model=aux_model,
         feeds=_feeds(net, m) if m.aux_model_feeds else None,

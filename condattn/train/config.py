@@ -52,6 +52,8 @@ RESERVED_KWARGS = {
     "pretrained": "runs start from random weights",
     "weights": "runs start from random weights",
 }
+# [model.aux_head] keys: the sizes condattn.convert's aux_head takes.
+AUX_HEAD_KEYS = ("pool_size", "width", "hidden")
 # The paper's best lossW per depth (section 4, Table 3); used when loss.aux_weights is unset.
 PAPER_LOSS_W: dict[int, tuple[float, float]] = {34: (0.4, 0.4), 50: (0.3, 0.3), 101: (0.3, 0.2)}
 
@@ -95,6 +97,10 @@ class ModelConfig:
     # SE blocks of SE-ResNet50: our reading of section 5.6, which does not say);
     # ["layer3", "layer4"] is the other reading, the stages the aux heads' T feeds.
     aux_model_feeds: tuple[str, ...] = ()
+    # [model.aux_head]: the aux heads' sizes, keys pool_size / width / hidden; empty = the
+    # paper's GoogLeNet heads (4 / 128 / 1024: 4.4M parameters for 100 classes, whatever the
+    # backbone). Smaller ones suit narrow backbones, e.g. {width = 32, hidden = 256}.
+    aux_head: dict[str, Any] = field(default_factory=dict)
     # Fine-tuning: start from a plain model's trained weights instead of random ones: a run
     # checkpoint of a variant "se" run (its file or run directory), or a file holding the plain
     # model's state_dict. se_a/se_r load them with condattn.load_base_state_dict (the heads and
@@ -327,6 +333,11 @@ def _check_model_names(m: ModelConfig) -> None:
     for key in m.kwargs:
         if key in RESERVED_KWARGS:
             raise ConfigError(f"model.kwargs.{key} cannot be set: {RESERVED_KWARGS[key]}")
+    for key, v in m.aux_head.items():
+        if key not in AUX_HEAD_KEYS:
+            raise ConfigError(f"model.aux_head.{key} is unknown; valid: {', '.join(AUX_HEAD_KEYS)}")
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ConfigError(f"model.aux_head.{key} must be a positive integer, got {v!r}")
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
@@ -338,7 +349,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if not 0.0 <= m.aux_dropout < 1.0:
         raise ConfigError(f"model.aux_dropout must lie in [0, 1), got {m.aux_dropout}")
     if m.variant == "se":  # no heads: aux settings do not apply and are recorded as empty
-        m = dataclasses.replace(m, aux_at=(), aux_model="", aux_model_feeds=())
+        m = dataclasses.replace(m, aux_at=(), aux_model="", aux_model_feeds=(), aux_head={})
         cfg = dataclasses.replace(cfg, model=m, loss=dataclasses.replace(cfg.loss, aux_weights=()))
     elif cfg.num_heads == 0:
         raise ConfigError(f"model.variant={m.variant!r} needs model.aux_at or model.aux_model")
