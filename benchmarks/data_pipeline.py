@@ -88,8 +88,10 @@ def make_ours(images, labels, *, batch_size, device):
     return run_pass
 
 
-def make_pil(images, labels, *, batch_size, device, workers):
-    """One pass = one epoch of a DataLoader over PIL images with torchvision transforms."""
+def pil_loader(images, labels, *, batch_size, device, workers, drop_last=False):
+    """A shuffling DataLoader over PIL images with the standard torchvision transforms (random
+    crop with padding 4, flip, rotation in [-15, 15], ToTensor, Normalize): the plain pipeline
+    that ours is compared with here and in ``loop_vs_reference.py``."""
     from torchvision import transforms
 
     transform = transforms.Compose(
@@ -101,14 +103,20 @@ def make_pil(images, labels, *, batch_size, device, workers):
             transforms.Normalize(CIFAR100_MEAN, CIFAR100_STD),
         ]
     )
-    loader = torch.utils.data.DataLoader(
+    return torch.utils.data.DataLoader(
         PILDataset(images, labels, transform),
         batch_size=batch_size,
         shuffle=True,
+        drop_last=drop_last,
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=device.type == "cuda",
     )
+
+
+def make_pil(images, labels, *, batch_size, device, workers):
+    """One pass = one epoch of :func:`pil_loader`."""
+    loader = pil_loader(images, labels, batch_size=batch_size, device=device, workers=workers)
 
     def run_pass() -> None:
         for x, y in loader:

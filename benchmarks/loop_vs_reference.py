@@ -139,10 +139,8 @@ def _ours(args: argparse.Namespace, *, in_memory: bool = False, sets: list[str] 
 def _reference(args: argparse.Namespace):
     """A plain eager loop with a torchvision PIL DataLoader; returns ``(run_steps(n), info)``."""
     import torch
-    from data_pipeline import PILDataset
-    from torchvision import transforms
+    from data_pipeline import pil_loader
 
-    from condattn.data import CIFAR100_MEAN, CIFAR100_STD
     from condattn.train.build import as_output, build_loss, build_model, build_optimizer
 
     cfg = _config(args)
@@ -150,22 +148,13 @@ def _reference(args: argparse.Namespace):
     torch.manual_seed(0)
     model = build_model(cfg, num_classes=data.num_classes)
     criterion, optimizer = build_loss(cfg), build_optimizer(cfg, model)
-    transform = transforms.Compose(
-        [
-            transforms.RandomCrop(32, padding=4),
-            transforms.RandomHorizontalFlip(),
-            transforms.RandomRotation(15),
-            transforms.ToTensor(),
-            transforms.Normalize(CIFAR100_MEAN, CIFAR100_STD),
-        ]
-    )
-    loader = torch.utils.data.DataLoader(
-        PILDataset(data.train_images, data.train_labels, transform),
+    loader = pil_loader(
+        data.train_images,
+        data.train_labels,
         batch_size=args.batch,
-        shuffle=True,
+        device=torch.device("cpu"),
+        workers=2,
         drop_last=True,
-        num_workers=2,
-        persistent_workers=True,
     )
     batches = itertools.chain.from_iterable(iter(loader) for _ in itertools.count())
     model.train()

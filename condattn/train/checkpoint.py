@@ -177,6 +177,13 @@ def _check_run_checkpoint(path: Path, state: Any) -> dict[str, Any]:
     return state
 
 
+def _misfit(err: RuntimeError) -> str:
+    """The telling line of a ``load_state_dict`` error: the first after its header."""
+    lines = str(err).strip().splitlines()
+    detail = lines[1].strip() if len(lines) > 1 else lines[0] if lines else ""
+    return detail[:200]
+
+
 def read_init_weights(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], str]:
     """The plain model's weights that ``model.init_from`` names, and a line describing them.
 
@@ -238,10 +245,8 @@ def apply_init_weights(
         else:
             load_base_state_dict(model, state_dict)
     except RuntimeError as err:
-        lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
-        detail = " ".join(lines[:3])[:300]
         raise CheckpointError(
-            f"model.init_from: {source} does not fit this run's model.arch: {detail}"
+            f"model.init_from: {source} does not fit this run's model.arch: {_misfit(err)}"
         ) from None
 
 
@@ -262,11 +267,9 @@ def model_from_checkpoint(
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as err:
-        first = str(err).strip().splitlines()
-        detail = first[1].strip() if len(first) > 1 else first[0] if first else ""
         raise CheckpointError(
             f"{source}: its weights do not fit the model its config builds "
-            f"({num_classes} classes): {detail[:200]}"
+            f"({num_classes} classes): {_misfit(err)}"
         ) from None
     return model.eval()
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from condattn._hw import CHANNELS_LAST, COMPILE_MODES, PRECISIONS
+from condattn.convert import AUX_HEAD_KEYS  # [model.aux_head] takes what convert's aux_head does
 
 __all__ = [
     "CHOICES",
@@ -52,8 +53,6 @@ RESERVED_KWARGS = {
     "pretrained": "runs start from random weights",
     "weights": "runs start from random weights",
 }
-# [model.aux_head] keys: the sizes condattn.convert's aux_head takes.
-AUX_HEAD_KEYS = ("pool_size", "width", "hidden")
 # The paper's best lossW per depth (section 4, Table 3); used when loss.aux_weights is unset.
 PAPER_LOSS_W: dict[int, tuple[float, float]] = {34: (0.4, 0.4), 50: (0.3, 0.3), 101: (0.3, 0.2)}
 
