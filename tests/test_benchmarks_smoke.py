@@ -139,3 +139,55 @@ def test_evidence_collect_and_contrast(tmp_path):
         evidence.collect(a, "a", out=out)
     with pytest.raises(SystemExit, match="no variant 'se'"):
         evidence.contrast(a, b, variant="se", name="x", out=out)
+
+
+def _budget_study(root: Path, epochs: int, overrides: list[str], top1: dict) -> Path:
+    """A compare.json with variants ``top1`` (variant -> seed -> top-1) at ``epochs``."""
+    from condattn.experiments.stats import paired_difference
+
+    root.mkdir(parents=True)
+    conditions = {"recipe": "r.toml", "overrides": overrides, "epochs": epochs, "model": "m"}
+    conditions |= {"widths": [8], "num_train": 100, "num_test": 10, "device_name": "cpu"}
+    variants = {
+        v: {"runs": [{"seed": s, "top1": x} for s, x in by_seed.items()]}
+        for v, by_seed in top1.items()
+    }
+    diffs = [{"a": "se_r", "b": "se", **paired_difference(top1["se_r"], top1["se"])}]
+    summary = {"conditions": conditions, "variants": variants, "differences": diffs}
+    (root / "compare.json").write_text(json.dumps(summary | {"missing": []}))
+    return root
+
+
+def test_evidence_trend_against_budget(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    try:
+        evidence = importlib.import_module("evidence")
+    finally:
+        sys.path.remove(str(BENCH))
+    long = _budget_study(
+        tmp_path / "e2",
+        2,
+        ["optim.epochs=2", "optim.milestones=[1]"],
+        {"se": {0: 40.0, 1: 41.0, 2: 42.0}, "se_r": {0: 41.0, 1: 41.5, 2: 43.5}},
+    )
+    short = _budget_study(
+        tmp_path / "e1", 1, [], {"se": {0: 30.0, 1: 31.0}, "se_r": {0: 30.0, 1: 32.0}}
+    )
+    out = tmp_path / "evidence"
+    res = evidence.trend([long, short], name="budget", out=out)
+    assert [r["epochs"] for r in res["rows"]] == [1, 2]  # sorted by budget
+    se2 = res["rows"][1]["variants"]["se"]
+    assert se2["mean"] == pytest.approx(41.0) and se2["n"] == 3
+    # Student's interval of the mean: 41 +- t(0.975, 2) * 1 / sqrt(3)
+    assert se2["ci95"] == pytest.approx([41.0 - 4.302653 / 3**0.5, 41.0 + 4.302653 / 3**0.5])
+    assert res["rows"][1]["differences"][0]["mean"] == pytest.approx(1.0)
+    text = (out / "budget.md").read_text()
+    assert "| 2 | se_r − se | +1.00 |" in text and "| 1 | se | 2 | 30.50 ± 0.71 |" in text
+    assert (out / "budget.png").stat().st_size > 0
+    other = _budget_study(
+        tmp_path / "x", 2, ["optim.epochs=2", "model.r=4"], {"se": {0: 1.0}, "se_r": {0: 2.0}}
+    )
+    with pytest.raises(SystemExit, match="more than the budget"):
+        evidence.trend([short, other], name="bad", out=out)
+    with pytest.raises(SystemExit, match="at least two"):
+        evidence.trend([short], name="bad", out=out)
