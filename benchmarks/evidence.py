@@ -143,10 +143,10 @@ def trend(studies: list[Path], *, name: str, out: Path = OUT) -> dict[str, Any]:
         raise SystemExit("trend needs at least two studies (e.g. e15 and e30)")
     first = _settings(summaries[0])
     for study, summary in zip(studies[1:], summaries[1:], strict=True):
-        if _settings(summary) != first:
+        if (settings := _settings(summary)) != first:
             raise SystemExit(
                 f"{study} differs from {studies[0]} in more than the budget "
-                f"({', '.join(BUDGET_KEYS)}): {_settings(summary)} != {first}"
+                f"({', '.join(BUDGET_KEYS)}): {settings} != {first}"
             )
     rows = []
     for study, summary in sorted(
@@ -264,7 +264,6 @@ def _fmt(x: float | None, f: str = ".2f") -> str:
 
 def _markdown(res: dict[str, Any]) -> str:
     a, b, d = res["a"], res["b"], res["a_minus_b"]
-    ci = d["ci95"]
     c = res["conditions"]
     lines = [
         f"# {res['variant']}: {', '.join(a['differs_by']) or a['study']} vs "
@@ -289,7 +288,7 @@ def _markdown(res: dict[str, Any]) -> str:
     lines += [
         "",
         f"Paired by seed, first minus second: {_fmt(d['mean'], '+.2f')} points, 95% interval "
-        + (f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "n/a")
+        + _interval(d["ci95"])
         + f", paired-t p = {_fmt(d['p'], '.3f')}, Welch p = {_fmt(d['p_welch'], '.3f')}"
         + f" ({d['n_pairs']} pairs){'; ' + d['note'] if d['note'] else ''}.",
         "",
@@ -318,11 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.cmd == "collect":
         print("wrote", collect(args.study, args.name, partial=args.partial, out=args.out))
-    elif args.cmd == "trend":
-        trend(args.studies, name=args.name, out=args.out)
-        print((args.out / f"{args.name}.md").read_text())
     else:
-        contrast(args.a, args.b, variant=args.variant, name=args.name, out=args.out)
+        if args.cmd == "trend":
+            trend(args.studies, name=args.name, out=args.out)
+        else:
+            contrast(args.a, args.b, variant=args.variant, name=args.name, out=args.out)
         print((args.out / f"{args.name}.md").read_text())
     return 0
 

@@ -112,12 +112,17 @@ def _fake_study(root: Path, overrides: list[str], top1: dict[int, float]) -> Pat
     return root
 
 
-def test_evidence_collect_and_contrast(tmp_path):
+def _evidence():
+    """benchmarks/evidence.py as a module."""
     sys.path.insert(0, str(BENCH))
     try:
-        evidence = importlib.import_module("evidence")
+        return importlib.import_module("evidence")
     finally:
         sys.path.remove(str(BENCH))
+
+
+def test_evidence_collect_and_contrast(tmp_path):
+    evidence = _evidence()
     a = _fake_study(tmp_path / "a", ["x=1", "p=bf16"], {0: 30.0, 1: 31.0, 2: 29.5})
     b = _fake_study(tmp_path / "b", ["x=1", "p=fp32"], {0: 29.0, 1: 30.5, 2: 29.0})
     out = tmp_path / "evidence"
@@ -159,11 +164,7 @@ def _budget_study(root: Path, epochs: int, overrides: list[str], top1: dict) -> 
 
 
 def test_evidence_trend_against_budget(tmp_path):
-    sys.path.insert(0, str(BENCH))
-    try:
-        evidence = importlib.import_module("evidence")
-    finally:
-        sys.path.remove(str(BENCH))
+    evidence = _evidence()
     long = _budget_study(
         tmp_path / "e2",
         2,
