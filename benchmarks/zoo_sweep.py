@@ -201,8 +201,8 @@ class _TCheck:
     """Forward pre-hooks on the twins: which of them ran, and whether each had its T."""
 
     def __init__(self, model: nn.Module):
-        from condattn._inplace import InPlaceCond
-        from condattn.mappings import cond_types
+        from condattn.transform.inplace import InPlaceCond
+        from condattn.transform.mappings import cond_types
 
         self._inplace = InPlaceCond
         self.twins = {n: m for n, m in model.named_modules() if isinstance(m, cond_types())}
@@ -241,15 +241,21 @@ def _compare(model: nn.Module, size: int) -> dict[str, Any]:
     with torch.no_grad():
         expected = model(x)
     start = time.perf_counter()
-    conv = condattn.convert(
-        model, "auto", init="zeros", example_input=torch.zeros(1, 3, size, size)
-    ).eval()
+    model.train()  # converted in train mode, compared in eval: the result must follow .eval()
+    try:
+        conv = condattn.convert(
+            model, "auto", init="zeros", example_input=torch.zeros(1, 3, size, size)
+        )
+    finally:
+        model.eval()
     t_convert = time.perf_counter() - start
+    conv.eval()
     cfg = condattn.get_config(conv)
     check = _TCheck(conv)
     try:
         with torch.no_grad():
             out = conv(x)
+            again = conv(x)
     finally:
         check.close()
     diff = float((out.logits.double() - expected.double()).abs().max())
@@ -264,6 +270,8 @@ def _compare(model: nn.Module, size: int) -> dict[str, Any]:
         "twins_with_t": len(check.with_t),
         "twins_without_t": sorted(set(check.twins) - check.with_t),
         "rel_diff": diff / scale if scale > 0 else diff,
+        "eval_deterministic": bool(torch.equal(out.logits, again.logits)),
+        "graphs": "one" if conv.shares_graph else "train+eval",
         "convert_s": t_convert,
     }
 
@@ -271,6 +279,8 @@ def _compare(model: nn.Module, size: int) -> dict[str, Any]:
 def _verdict(res: dict[str, Any], tol: float) -> tuple[str, str]:
     if res["twins_without_t"]:
         return "fail", f"twins that ran without T (or did not run): {res['twins_without_t'][:5]}"
+    if not res["eval_deterministic"]:
+        return "fail", "eval is not deterministic: the converted model did not follow .eval()"
     if not res["rel_diff"] <= tol:  # NaN fails
         return "fail", f"relative max difference {res['rel_diff']:.3g} > {tol:g}"
     return "pass", ""
@@ -470,9 +480,10 @@ def markdown(payload: dict[str, Any]) -> str:
     lines = [
         f"Conditions: {C.conditions_line(cond)}",
         "",
-        f'Convert with `aux_at="auto"`, `init="zeros"`; eval, fp32, batch {BATCH}; pass: '
-        f"max|a-b| / max|a| <= {s['tol']:g}. Sizes tried: {s['sizes']} px, then the model's "
-        f"default. Size cap: {cap}. Per-model timeout {s['timeout']:g} s.",
+        f'Convert with `aux_at="auto"`, `init="zeros"` in train mode, then compare in eval mode '
+        f"(the result must follow `.eval()`); fp32, batch {BATCH}; pass: two eval calls agree "
+        f"exactly and max|a-b| / max|a| <= {s['tol']:g}. Sizes tried: {s['sizes']} px, then the "
+        f"model's default. Size cap: {cap}. Per-model timeout {s['timeout']:g} s.",
         "",
     ]
     table = []
@@ -506,6 +517,7 @@ def markdown(payload: dict[str, Any]) -> str:
                 "route(s)",
                 "heads",
                 "fed",
+                "graphs",
                 "rel diff",
                 "convert s",
                 "total s",
@@ -521,6 +533,7 @@ def markdown(payload: dict[str, Any]) -> str:
                     _fmt_routes(r),
                     " ".join(r.get("heads", [])) or "-",
                     r.get("fed", "-"),
+                    r.get("graphs", "-"),
                     f"{r['rel_diff']:.1e}" if "rel_diff" in r else "-",
                     f"{r['convert_s']:.1f}" if "convert_s" in r else "-",
                     f"{r.get('total_s', 0):.1f}",
@@ -528,7 +541,7 @@ def markdown(payload: dict[str, Any]) -> str:
                 ]
                 for r in ran
             ],
-            align="lllrllllrrrl",
+            align="lllrlllllrrrl",
         )
     )
     return "\n".join(lines)

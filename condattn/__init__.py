@@ -8,14 +8,24 @@
 # First, before anything loads torch: the `condattn` command's OpenMP settings.
 from condattn import _cli_env  # noqa: F401  # isort: skip
 from condattn import models, nn
-from condattn.convert import ConversionError, ConvertConfig, Placement, convert, get_config
-from condattn.discovery import auto_aux_at, list_attention, list_stages
-from condattn.dropin import logits_only
 from condattn.losses import DeepSupervisionLoss, LossParts
-from condattn.mappings import get_attention_mapping, register_attention, unregister_attention
 from condattn.outputs import CondOutput
 from condattn.profiling import count_macs, count_params
-from condattn.serialization import LoadResult, load, load_base_state_dict, save
+from condattn.transform.convert import (
+    ConversionError,
+    ConvertConfig,
+    Placement,
+    convert,
+    get_config,
+)
+from condattn.transform.discovery import auto_aux_at, list_attention, list_stages
+from condattn.transform.dropin import logits_only
+from condattn.transform.mappings import (
+    get_attention_mapping,
+    register_attention,
+    unregister_attention,
+)
+from condattn.transform.serialization import LoadResult, load, load_base_state_dict, save
 
 __version__ = "0.1.0"
 

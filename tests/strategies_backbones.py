@@ -86,7 +86,8 @@ class BackboneConfig:
 class InlineSE(nn.Module):
     """An SE without an SE module: the ops are in ``forward``, as many codebases write it.
 
-    ``convert`` finds it by pattern (``condattn._fx.find_inline_se``); its W1 is ``fc1``.
+    ``convert`` finds it by pattern (``condattn.transform.fxutils.find_inline_se``); its W1 is
+    ``fc1``.
     """
 
     def __init__(self, channels: int, hidden: int, *, conv: bool):

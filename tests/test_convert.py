@@ -26,9 +26,9 @@ from torch import Tensor, nn
 
 import condattn
 from condattn import CondOutput, count_params
-from condattn.mappings import cond_types
 from condattn.models import create_model
 from condattn.nn import AuxHead, CondSqueezeExcite
+from condattn.transform.mappings import cond_types
 
 TINY = {"widths": (8, 8, 16, 16)}  # r=8 needs C >= 8
 N = 10

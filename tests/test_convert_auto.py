@@ -1,4 +1,5 @@
-"""``aux_at="auto"``: the placement rule (``condattn._placement``) on toy, CIFAR and zoo models."""
+"""``aux_at="auto"``: the placement rule (``condattn.transform.placement``) on toy, CIFAR and zoo
+models."""
 
 from __future__ import annotations
 

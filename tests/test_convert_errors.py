@@ -360,8 +360,8 @@ def test_convert_takes_a_custom_mapping(model) -> None:
 
 
 def test_cond_types_are_read_from_the_table() -> None:
-    from condattn.mappings import builds, cond_types
     from condattn.nn import CondCbam, CondLinear
+    from condattn.transform.mappings import builds, cond_types
 
     @builds(CondCbam)
     def build(src, *, channels, cond_dim, init):

@@ -25,10 +25,10 @@ from torch import Tensor, nn
 
 import condattn
 from condattn import ConversionError
-from condattn._inplace import InPlaceCond, inplace_modules
-from condattn.mappings import cond_types
 from condattn.models import create_model
 from condattn.nn import CondSqueezeExcite, SqueezeExcite
+from condattn.transform.inplace import InPlaceCond, inplace_modules
+from condattn.transform.mappings import cond_types
 
 N = 10
 

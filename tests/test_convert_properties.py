@@ -40,7 +40,7 @@ from strategies_backbones import (
 
 import condattn
 from condattn import CondOutput, count_params
-from condattn.mappings import cond_types
+from condattn.transform.mappings import cond_types
 
 
 def _convert(cfg: BackboneConfig, model: torch.nn.Module, **kw) -> torch.fx.GraphModule:

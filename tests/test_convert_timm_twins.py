@@ -18,7 +18,6 @@ from helpers import assert_close, assert_not_close, randomize_batchnorm_
 from torch import nn
 
 import condattn
-from condattn.mappings import cond_types
 from condattn.nn import (
     CondCeca,
     CondGatherExcite,
@@ -27,6 +26,7 @@ from condattn.nn import (
     CondSelectiveKernel,
     CondSplitAttn,
 )
+from condattn.transform.mappings import cond_types
 
 timm = pytest.importorskip("timm")
 

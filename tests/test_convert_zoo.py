@@ -18,7 +18,7 @@ from torch import nn
 from torchvision.ops import SqueezeExcitation
 
 import condattn
-from condattn.mappings import cond_types
+from condattn.transform.mappings import cond_types
 
 timm = pytest.importorskip("timm")
 

@@ -147,10 +147,10 @@ def test_config_is_frozen() -> None:
 
 
 def test_aux_head_sizes_reach_the_heads_and_bad_ones_are_refused() -> None:
-    from condattn.convert import AUX_HEAD_KEYS
     from condattn.nn import AuxHead
     from condattn.train import config as C
     from condattn.train.build import build_model
+    from condattn.transform.convert import AUX_HEAD_KEYS
 
     assert C.AUX_HEAD_KEYS == AUX_HEAD_KEYS  # the config checks what convert takes
     sets = ["model.widths=[8,16,32,64]", "model.aux_head.width=16", "model.aux_head.hidden=64"]

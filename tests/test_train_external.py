@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 from condattn.cli import main
-from condattn.convert import get_config
 from condattn.models import register_model
 from condattn.models import registry as registry_module
 from condattn.nn import SqueezeExcite
 from condattn.train.build import build_model
 from condattn.train.config import ConfigError
 from condattn.train.recipe import config_from_dict, config_to_toml, load_recipe
+from condattn.transform.convert import get_config
 
 pytest.importorskip("timm")
 

@@ -38,6 +38,7 @@ def _assert_preserved(row: dict) -> None:
     assert row["status"] == "pass", row
     assert row["rel_diff"] <= 1e-4, row
     assert row["fed"] >= 1 and row["twins"] == row["fed"] == row["twins_with_t"], row
+    assert row["eval_deterministic"], row  # converted in train mode, it follows .eval()
     assert sum(row["routes"].values()) == row["fed"], row
 
 
@@ -65,9 +66,11 @@ def test_models_without_attention_or_over_the_cap_are_skipped(zs) -> None:
     assert big["kinds"] == ["SqueezeExcite"] and big["params"] > 1e5
 
 
-def test_verdict_fails_a_difference_and_a_twin_without_t(zs) -> None:
-    ok = {"rel_diff": 1e-7, "twins_without_t": []}
+def test_verdict_fails_a_difference_a_twin_without_t_and_a_random_eval(zs) -> None:
+    ok = {"rel_diff": 1e-7, "twins_without_t": [], "eval_deterministic": True}
     assert zs._verdict(ok, 1e-4) == ("pass", "")
+    status, reason = zs._verdict({**ok, "eval_deterministic": False}, 1e-4)
+    assert status == "fail" and ".eval()" in reason
     assert zs._verdict({**ok, "rel_diff": 2e-3}, 1e-4)[0] == "fail"
     assert zs._verdict({**ok, "rel_diff": float("nan")}, 1e-4)[0] == "fail"
     status, reason = zs._verdict({**ok, "twins_without_t": ["layer3.0.se"]}, 1e-4)

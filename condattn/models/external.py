@@ -1,9 +1,10 @@
 """Models from other zoos: ``timm:NAME`` and ``torchvision:NAME``.
 
-The only module that imports timm to build models (the swap table in :mod:`condattn.mappings`
-imports it to recognise timm's attention blocks). Every build starts from random weights
-(``pretrained=False`` / ``weights=None``: nothing is downloaded) with ``num_classes`` outputs, and
-any further keyword options go to the zoo's own constructor, e.g. timm's ``drop_rate``.
+The only module that imports timm to build models (the swap table in
+:mod:`condattn.transform.mappings` imports it to recognise timm's attention blocks). Every build
+starts from random weights (``pretrained=False`` / ``weights=None``: nothing is downloaded) with
+``num_classes`` outputs, and any further keyword options go to the zoo's own constructor, e.g.
+timm's ``drop_rate``.
 
 Input sizes: at 32x32 (CIFAR) every torchvision classification model in 0.29 runs except
 ``alexnet`` (needs >= 63 px), ``inception_v3`` (>= 75 px), ``maxvit_t`` (224 px; its partition

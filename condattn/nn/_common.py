@@ -108,7 +108,7 @@ def check_source(cls: type, src: nn.Module, expected: type | tuple[type, ...]) -
         )
         raise TypeError(
             f"{cls.__name__}.from_module expects a {names}, got {type(src).__name__}. "
-            "Use condattn.mappings.get_attention_mapping() to find the twin of a type."
+            "Use condattn.get_attention_mapping() to find the twin of a type."
         )
 
 

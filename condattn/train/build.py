@@ -8,7 +8,6 @@ import torch
 from torch import Tensor, nn
 
 from condattn._io import derive_seed
-from condattn.convert import convert, get_config
 from condattn.data import (
     CIFAR100_MEAN,
     CIFAR100_STD,
@@ -18,12 +17,13 @@ from condattn.data import (
     LoadOptions,
     load_dataset,
 )
-from condattn.discovery import list_attention
 from condattn.losses import DeepSupervisionLoss
-from condattn.mappings import swappable_types
 from condattn.models import create_model, is_external
 from condattn.outputs import CondOutput
 from condattn.train.config import ConfigError, ModelConfig, TrainConfig
+from condattn.transform.convert import convert, get_config
+from condattn.transform.discovery import list_attention
+from condattn.transform.mappings import swappable_types
 
 __all__ = [
     "as_output",
@@ -162,7 +162,7 @@ def build_model(cfg: TrainConfig, *, num_classes: int) -> nn.Module:
 
     - ``se``: the plain model (its tensor output is wrapped by :func:`as_output`); for a model
       without attention this is the baseline;
-    - ``se_a``: :func:`~condattn.convert.convert` with ``conditioned=False``: heads and loss,
+    - ``se_a``: :func:`~condattn.convert` with ``conditioned=False``: heads and loss,
       attention untouched;
     - ``se_r``: the same with ``conditioned=True``; with ``model.aux_model`` the section 5.6
       variant, where that network supplies T (to ``model.aux_model_feeds`` when given, the

@@ -30,11 +30,11 @@ from torch import Tensor, nn
 
 from condattn._io import atomic_torch_save
 from condattn.models import create_model
-from condattn.serialization import load as load_converted
-from condattn.serialization import load_base_state_dict
 from condattn.train.build import build_model
 from condattn.train.config import TrainConfig
 from condattn.train.recipe import config_from_dict
+from condattn.transform.serialization import load as load_converted
+from condattn.transform.serialization import load_base_state_dict
 
 __all__ = [
     "CHECKPOINT_NAME",

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from condattn._hw import CHANNELS_LAST, COMPILE_MODES, PRECISIONS
-from condattn.convert import AUX_HEAD_KEYS  # [model.aux_head] takes what convert's aux_head does
+from condattn.transform.convert import (
+    AUX_HEAD_KEYS,  # [model.aux_head] takes what convert's aux_head does
+)
 
 __all__ = [
     "CHOICES",

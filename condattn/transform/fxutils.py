@@ -1,4 +1,5 @@
-"""The only torch.fx code of condattn: a leaf-aware tracer that remembers module outputs."""
+"""torch.fx helpers of the transform layer: a leaf-aware tracer that remembers module outputs,
+shape propagation, node shapes, the trunk of a graph and the inline-SE pattern."""
 
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
 ``list_stages``, ``list_attention`` and ``auto_aux_at`` play the role of torchvision's
 ``get_graph_node_names``: they trace a copy of the model exactly as :func:`condattn.convert` does
-(:mod:`condattn._tracing`, step 3) and report names, without converting. Part of the transform
-layer (docs/design.md, 2.2).
+(:mod:`condattn.transform.tracing`, step 3) and report names, without converting. Part of the
+transform layer (docs/design.md, 2.2).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from condattn._placement import AUTO, Placement, auto_placement
-from condattn._tracing import (
+from condattn.transform.placement import AUTO, Placement, auto_placement
+from condattn.transform.tracing import (
     Traced,
     check_mapping,
     default_example,
@@ -64,9 +64,9 @@ def auto_aux_at(
 ) -> Placement:
     """What ``convert(model, aux_at="auto")`` would choose, and why, without converting.
 
-    The rule is in :mod:`condattn._placement` (and docs/howto-convert.md): heads at the ends of
-    the two stages before the last downsampling stage (``layer2``/``layer3`` of a ResNet), moved
-    or merged so that each head conditions some attention.
+    The rule is in :mod:`condattn.transform.placement` (and docs/howto-convert.md): heads at
+    the ends of the two stages before the last downsampling stage (``layer2``/``layer3`` of a
+    ResNet), moved or merged so that each head conditions some attention.
 
     Returns:
         A :class:`Placement`: ``aux_at`` (the names), ``reason`` and every ``stages`` found.
@@ -88,7 +88,7 @@ def list_attention(
     """Swappable attention in network order: name -> ``{"kind": ..., "fed_by": head or None,
     "route": "graph" or "in-place"}``. The route is ``"in-place"`` for attention inside a module
     that fx keeps whole (a leaf: ``leaf_modules``, timm's not-traceable blocks), which
-    :mod:`condattn._inplace` conditions without a node of its own in the graph.
+    :mod:`condattn.transform.inplace` conditions without a node of its own in the graph.
 
     ``fed_by`` is the ``aux_at`` entry (``"auto"`` resolves as in :func:`convert`) that would
     condition it under the default routing.

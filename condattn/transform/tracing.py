@@ -2,8 +2,8 @@
 collect its attention sites (both routes).
 
 Part of the transform layer (docs/design.md, 2.2): :mod:`condattn.convert` runs it as step 3, and
-:mod:`condattn.discovery` (``list_stages``, ``list_attention``, ``auto_aux_at``) runs it to show
-the same names and sites without converting.
+:mod:`condattn.transform.discovery` (``list_stages``, ``list_attention``, ``auto_aux_at``) runs
+it to show the same names and sites without converting.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from condattn._fx import ConversionError, find_inline_se, node_shape, propagate_shapes
-from condattn._fx import trace as fx_trace
-from condattn._inplace import GRAPH, INPLACE, InnerAttention, InnerSite
-from condattn.mappings import Builder, as_builder, get_attention_mapping
 from condattn.nn import CondLinear
+from condattn.transform.fxutils import ConversionError, find_inline_se, node_shape, propagate_shapes
+from condattn.transform.fxutils import trace as fx_trace
+from condattn.transform.inplace import GRAPH, INPLACE, InnerAttention, InnerSite
+from condattn.transform.mappings import Builder, as_builder, get_attention_mapping
 
 INLINE_SE = "inline SE"  # the kind of an SE written inline (its W1 is swapped for a CondLinear)
 
@@ -34,7 +34,7 @@ class Attention:
     kind: str  # the source type's name, or INLINE_SE
     build: Builder  # build(src, *, channels=C, cond_dim=n, init=...) -> twin
     channels: int | None  # C, the channels of the node's input as traced
-    route: str = GRAPH  # or INPLACE: inside a leaf module (condattn._inplace)
+    route: str = GRAPH  # or INPLACE: inside a leaf module (condattn.transform.inplace)
 
 
 @dataclass
@@ -88,8 +88,8 @@ def _collect_attention(
     inner: Sequence[InnerSite] = (),
 ) -> dict[str, Attention]:
     """Every swappable attention site: module calls of a mapped type, inline SEs' W1, and the
-    ``inner`` attention found inside leaf modules (the in-place route, :mod:`condattn._inplace`),
-    which sits at its leaf's position in the network order."""
+    ``inner`` attention found inside leaf modules (the in-place route,
+    :mod:`condattn.transform.inplace`), which sits at its leaf's position in the network order."""
     found: dict[fx.Node, tuple[str, Attention]] = {}
     seen: set[str] = set()
     for node in gm.graph.nodes:

@@ -46,8 +46,8 @@ from typing import Any
 
 from torch import Tensor, fx, nn
 
-from condattn._fx import replace_submodule
-from condattn.mappings import Builder, as_builder
+from condattn.transform.fxutils import replace_submodule
+from condattn.transform.mappings import Builder, as_builder
 
 __all__ = [
     "GRAPH",
@@ -64,7 +64,6 @@ __all__ = [
 
 GRAPH = "graph"  # T is an argument of the attention's call in the graph
 INPLACE = "in-place"  # T is delivered at run time to a twin inside a leaf module
-ROUTES = (GRAPH, INPLACE)
 
 
 # --- the in-place twin -------------------------------------------------------------------------
@@ -244,7 +243,9 @@ def swap(gm: fx.GraphModule, items: Sequence[tuple[str, fx.Node, nn.Module, fx.N
     for name, leaf_node, twin, cond in items:
         leaf = leaf_node.target
         assert name.startswith(leaf + "."), (name, leaf)
-        replace_submodule(gm, name, make_inplace(twin, name))
+        if not isinstance(twin, InPlaceCond):  # the other mode's graph made it in place already
+            make_inplace(twin, name)
+        replace_submodule(gm, name, twin)
         by_leaf.setdefault(leaf, {})[name[len(leaf) + 1 :]] = cond
     graph = gm.graph
     for node in list(graph.nodes):  # every call of such a leaf gets T, as on the graph route
@@ -259,7 +260,3 @@ def swap(gm: fx.GraphModule, items: Sequence[tuple[str, fx.Node, nn.Module, fx.N
 def inplace_modules(model: nn.Module) -> dict[str, nn.Module]:
     """The in-place twins of a converted model, by qualified name."""
     return {n: m for n, m in model.named_modules() if isinstance(m, InPlaceCond)}
-
-
-def is_inplace(module: nn.Module) -> bool:
-    return isinstance(module, InPlaceCond)

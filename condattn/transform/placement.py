@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from torch import fx
 
-from condattn._fx import ConversionError, node_shape, trunk_nodes
+from condattn.transform.fxutils import ConversionError, node_shape, trunk_nodes
 
 __all__ = ["AUTO", "Placement", "Stage", "auto_placement"]
 

@@ -18,9 +18,9 @@ import torch
 from torch import Tensor, fx, nn
 
 from condattn._io import atomic_torch_save
-from condattn.convert import AUX_MODEL, convert
-from condattn.convert_config import ConvertConfig, Swap, get_config, swaps_of
 from condattn.nn import AuxHead
+from condattn.transform.config import ConvertConfig, Swap, get_config, swaps_of
+from condattn.transform.convert import AUX_MODEL, convert
 
 __all__ = ["LoadResult", "load", "load_base_state_dict", "save"]
 
@@ -90,18 +90,11 @@ def load(
         )
     model = convert(
         base_model,
-        cfg.aux_at,
-        num_classes=cfg.num_classes,
-        feeds={h: list(v) for h, v in cfg.feeds.items()} if cfg.conditioned else None,
-        conditioned=cfg.conditioned,
-        cond=cfg.cond,
-        detach_cond=cfg.detach_cond,
-        aux_dropout=cfg.aux_dropout,
-        init=cfg.init,
-        aux_model=aux_model,
-        aux_head=cfg.aux_head,
-        example_input=torch.zeros(cfg.example_shape) if cfg.example_shape else None,
+        cfg,
+        feeds=cfg.feeds if cfg.conditioned else None,
         leaf_modules=(*cfg.leaf_modules, *leaf_modules),
+        aux_model=aux_model,
+        example_input=torch.zeros(cfg.example_shape) if cfg.example_shape else None,
         concrete_args=concrete_args,
     )
     model.load_state_dict(payload["state_dict"], strict=True)
