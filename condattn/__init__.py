@@ -6,7 +6,7 @@
 """
 
 # First, before anything loads torch: the `condattn` command's OpenMP settings.
-from condattn import _cli_env  # noqa: F401  # isort: skip
+from condattn import _omp_env  # noqa: F401  # isort: skip
 from condattn import models, nn
 from condattn.convert import ConversionError, ConvertConfig, Placement, convert, get_config
 from condattn.discovery import auto_aux_at, list_attention, list_stages

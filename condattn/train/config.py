@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from condattn._hw import CHANNELS_LAST, COMPILE_MODES, PRECISIONS
 from condattn.convert import AUX_HEAD_KEYS  # [model.aux_head] takes what convert's aux_head does
+from condattn.train.speed import CHANNELS_LAST, COMPILE_MODES, PRECISIONS
 
 __all__ = [
     "CHOICES",
@@ -198,8 +198,9 @@ class SystemConfig:
     seed: int = 0
     # "auto" = cuda when available.
     device: str = "auto"
-    # The speed keys below are decided once at start-up from the hardware (condattn._hw.decide)
-    # and logged in environment.json; "auto" picks, any other value overrides.
+    # The speed keys below are decided once at start-up from the hardware
+    # (condattn.train.speed.decide) and logged in environment.json; "auto" picks, any other
+    # value overrides.
     # "auto": bf16 autocast of forward and loss where the hardware runs bf16 natively (CUDA GPUs
     # with bf16, CPUs with AMX or AVX512-BF16), else "fp32". Weights and optimiser stay fp32.
     precision: str = "auto"

@@ -25,9 +25,10 @@ fixed ``system.threads``, a run killed at any point and resumed from its last ch
 exactly the trajectory of an uninterrupted run (bit-identical weights and metrics).
 
 Speed: the precision (bf16 autocast or fp32), memory format, compile mode and thread count are
-decided once per start by :func:`speed_plan` (:func:`condattn._hw.decide` on this machine) and
-used alike by training and evaluation. A step never waits for the device: metrics accumulate on
-it (:class:`~condattn.train.metrics.MetricSums`) and are read once per epoch.
+decided once per start by :func:`speed_plan` (:func:`condattn.train.speed.decide` on this
+machine) and used alike by training and evaluation. A step never waits for the device:
+metrics accumulate on it (:class:`~condattn.train.metrics.MetricSums`) and are read once per
+epoch.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from condattn._hw import SpeedPlan, ThreadGovernor, decide, detect, thread_env_record
 from condattn._io import atomic_write_text, derive_seed, provenance
+from condattn._omp_env import thread_env_record
 from condattn.data import CifarData, TensorLoader
 from condattn.losses import DeepSupervisionLoss
 from condattn.profiling import count_params
@@ -69,9 +70,11 @@ from condattn.train.checkpoint import (
     set_rng_state,
 )
 from condattn.train.config import TrainConfig
+from condattn.train.governor import ThreadGovernor
 from condattn.train.metrics import MetricSums, append_jsonl, read_jsonl, write_json, write_jsonl
 from condattn.train.recipe import config_to_toml
 from condattn.train.schedule import PaperSchedule, make_scheduler
+from condattn.train.speed import SpeedPlan, decide, detect
 
 __all__ = ["TIMING_FIELDS", "evaluate", "speed_plan", "train"]
 
@@ -109,7 +112,8 @@ def _global_torch_state(cfg: TrainConfig, device: torch.device, plan: SpeedPlan)
 
 
 def speed_plan(cfg: TrainConfig, device: torch.device, *, steps: int | None = None) -> SpeedPlan:
-    """The run's speed choices: :func:`condattn._hw.decide` for this machine and ``[system]``.
+    """The run's speed choices: :func:`~condattn.train.speed.decide` for this machine and
+    ``[system]``.
 
     Args:
         cfg: the config (``system.precision``, ``channels_last``, ``compile``, ``threads``).
