@@ -73,6 +73,7 @@ from condattn.train.config import TrainConfig
 from condattn.train.governor import ThreadGovernor
 from condattn.train.metrics import MetricSums, append_jsonl, read_jsonl, write_json, write_jsonl
 from condattn.train.recipe import config_to_toml
+from condattn.train.rundir import config_diff, may_differ
 from condattn.train.schedule import PaperSchedule, make_scheduler
 from condattn.train.speed import SpeedPlan, decide, detect
 
@@ -81,8 +82,6 @@ __all__ = ["TIMING_FIELDS", "evaluate", "speed_plan", "train"]
 # Fields of a metrics.jsonl line that measure time or follow the machine's load, and so differ
 # between identical runs.
 TIMING_FIELDS = ("epoch_time_s", "train_time_s", "eval_time_s", "img_per_s", "threads")
-# Config keys that may differ when resuming (they do not change the trajectory).
-_RESUME_MAY_CHANGE = {("system", "progress"), ("optim", "epochs")}
 # Without a progress bar (stdout not a terminal, or system.progress = "off"), rank 0 logs a line
 # at least this often (seconds) during an epoch, so that a job under nohup or writing to a log
 # file is never silent for minutes. A module constant, so that tests can make it tiny.
@@ -152,22 +151,13 @@ def evaluate(
 
 
 def _check_resumable(cfg: TrainConfig, saved: dict[str, Any]) -> None:
-    """Refuses to resume under another config. A key missing from the checkpoint's config (saved
-    before that field existed, e.g. ``model.kwargs`` or ``data.dataset``) counts as its default."""
-    now, defaults = cfg.to_dict(), TrainConfig().to_dict()
-    diffs = [
-        f"{section}.{k}: checkpoint {old!r} != now {v!r}"
-        for section in now
-        if isinstance(now[section], dict)
-        for k, v in now[section].items()
-        if (section, k) not in _RESUME_MAY_CHANGE
-        and (old := saved.get(section, {}).get(k, defaults[section][k])) != v
-    ]
+    """Refuses to resume under another config (:func:`condattn.train.rundir.config_diff`)."""
+    diffs = config_diff(cfg.to_dict(), saved, purpose="resume")
     if diffs:
+        listed = "; ".join(f"{key}: checkpoint {old!r} != now {new!r}" for key, old, new in diffs)
         raise ValueError(
-            f"cannot resume: the config differs from the checkpoint's: {'; '.join(diffs)} (only "
-            f"{', '.join(sorted('.'.join(k) for k in _RESUME_MAY_CHANGE))} may change; "
-            "--overwrite starts over)"
+            f"cannot resume: the config differs from the checkpoint's: {listed} (only "
+            f"{', '.join(may_differ('resume'))} may change; --overwrite starts over)"
         )
 
 
