@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 
 from condattn.cli import analyze, compare, profile, recipes, report, train
 from condattn.cli import eval as eval_
-from condattn.cli._common import UserError, check_device
+from condattn.cli._common import UserError, check_device, console_logging
 
 __all__ = ["COMMANDS", "UserError", "build_parser", "check_device", "main"]
 
@@ -72,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command][2](args)
+        with console_logging():
+            return COMMANDS[args.command][2](args)
     except (UserError, ConfigError, CifarDataError, ValueError, FileNotFoundError) as err:
         # ValueError covers the library's own argument checks (e.g. ConversionError), whose
         # messages name the valid choices.

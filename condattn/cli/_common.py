@@ -1,11 +1,23 @@
-"""What the commands share: :class:`UserError`, device checks, ``--data`` help, recipe lookup."""
+"""What the commands share: :class:`UserError`, device checks, ``--data`` help, recipe lookup,
+and the console's log handler (:func:`console_logging`)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["DATA_HELP", "UserError", "add_overrides", "check_device", "resolve_recipe"]
+__all__ = [
+    "DATA_HELP",
+    "UserError",
+    "add_overrides",
+    "check_device",
+    "console_logging",
+    "resolve_recipe",
+]
 
 
 class UserError(Exception):
@@ -62,3 +74,34 @@ def resolve_recipe(name: str) -> str:
                 if cand.is_file():
                     return str(cand)
     return name  # load_recipe raises with the list of recipes
+
+
+class _Console(logging.Handler):
+    """The library's log lines as plain messages: data loading's progress on stderr, everything
+    else (training, comparisons) on stdout, written as ``tqdm.write`` does, so that a progress
+    bar on the terminal stays intact. The streams are looked up per line (tests swap them)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            stream = sys.stderr if record.name.startswith("condattn.data") else sys.stdout
+            with tqdm.external_write_mode(file=stream):  # clears and redraws open bars
+                print(self.format(record), file=stream, flush=True)
+        except Exception:  # pragma: no cover - logging's own convention
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def console_logging() -> Iterator[None]:
+    """Shows the ``condattn`` loggers' INFO lines on the console while a command runs."""
+    root = logging.getLogger("condattn")
+    handler, level = _Console(), root.level
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)

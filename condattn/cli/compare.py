@@ -47,7 +47,6 @@ def run(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         synthetic=args.synthetic,
         data_root=args.data,
-        log=lambda *a: print(*a, flush=True),
     )
     print(render_markdown(summary), end="")
     return 0

@@ -51,7 +51,6 @@ def run(args: argparse.Namespace) -> int:
             data=data,
             run_dir=run_dir,
             resume=args.resume,
-            log=lambda *a: print(*a, flush=True),
         )
     finally:
         D.cleanup()

@@ -26,12 +26,13 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,8 @@ __all__ = [
     "run_grid",
     "run_state",
 ]
+
+logger = logging.getLogger(__name__)  # progress lines (INFO)
 
 # Override keys the grid sets itself; the user chooses them with --variants and --seeds.
 _GRID_KEYS = {
@@ -233,12 +236,12 @@ def _failure(run: GridRun, why: str, log_path: Path) -> str:
     )
 
 
-def _train_in_process(run: GridRun, *, resume: bool, data: Any, log_path: Path, log) -> str:
+def _train_in_process(run: GridRun, *, resume: bool, data: Any, log_path: Path) -> str:
     """Trains one run here; returns '' or the one-line failure (traceback in ``log_path``)."""
     from condattn.train import train
 
     try:
-        train(run.cfg, data=data, run_dir=run.run_dir, resume=resume, log=log)
+        train(run.cfg, data=data, run_dir=run.run_dir, resume=resume)
     except Exception as err:  # a crash inside one run: one line here, the traceback in the log
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text(traceback.format_exc())
@@ -285,7 +288,6 @@ def run_grid(
     jobs: int = 1,
     synthetic: bool = False,
     data_root: str | None = None,
-    log: Callable[..., None] = print,
 ) -> dict[str, RunState]:
     """Trains what the grid still lacks; returns each run's state before this call.
 
@@ -294,7 +296,8 @@ def run_grid(
         jobs: runs trained side by side, each in its own process (1: one after another, here).
         synthetic: train on the synthetic stand-in (``train --synthetic``).
         data_root: a CIFAR-100 folder or archive (``train --data``).
-        log: where progress lines go.
+
+    Progress lines go to the ``condattn.experiments.grid`` logger (INFO).
 
     Raises:
         CompareError: a run directory does not match the grid, or runs failed (one line each).
@@ -310,39 +313,41 @@ def run_grid(
             _check_data(run, data)
     todo = [r for r in runs if states[r.label] is not RunState.FINISHED]
     counts = {s.value: sum(v is s for v in states.values()) for s in RunState}
-    log(
+    logger.info(
         f"compare: {len(runs)} runs: {counts['done']} done (reused), {counts['resume']} to "
         f"resume, {counts['restart'] + counts['new']} to train; data: {data.source}"
     )
     todo = [_saved_threads(r) if states[r.label] is RunState.STARTED else r for r in todo]
     failures = _execute(
-        todo, states=states, jobs=jobs, synthetic=synthetic, data_root=data_root, data=data, log=log
+        todo, states=states, jobs=jobs, synthetic=synthetic, data_root=data_root, data=data
     )
     if failures:
         raise CompareError(f"{len(failures)} of {len(todo)} run(s) failed:\n" + "\n".join(failures))
     return states
 
 
-def _execute(todo, *, states, jobs, synthetic, data_root, data, log) -> list[str]:
+def _execute(todo, *, states, jobs, synthetic, data_root, data) -> list[str]:
     """Runs ``todo`` one by one here (jobs=1) or in ``jobs`` child processes; the failures."""
     failures: list[str] = []
 
     def one(i: int, run: GridRun) -> None:
         resume = states[run.label] is RunState.STARTED
-        log(f"[{i}/{len(todo)}] {'resume' if resume else 'train'} {run.label} -> {run.run_dir}")
+        what = "resume" if resume else "train"
+        logger.info(f"[{i}/{len(todo)}] {what} {run.label} -> {run.run_dir}")
         log_path = log_path_for(run)
         t0 = time.perf_counter()
         if jobs == 1:
-            err = _train_in_process(run, resume=resume, data=data, log_path=log_path, log=log)
+            err = _train_in_process(run, resume=resume, data=data, log_path=log_path)
         else:
             err = _train_in_child(
                 run, resume=resume, synthetic=synthetic, data_root=data_root, log_path=log_path
             )
         if err:
             failures.append(err)
-            log(err)
+            logger.info(err)
         else:
-            log(f"[{i}/{len(todo)}] {run.label} finished in {time.perf_counter() - t0:.0f} s")
+            took = time.perf_counter() - t0
+            logger.info(f"[{i}/{len(todo)}] {run.label} finished in {took:.0f} s")
 
     if jobs == 1:
         for i, run in enumerate(todo, 1):

@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import sys
 import time
@@ -78,6 +79,10 @@ from condattn.train.schedule import PaperSchedule, make_scheduler
 from condattn.train.speed import SpeedPlan, decide, detect
 
 __all__ = ["TIMING_FIELDS", "evaluate", "speed_plan", "train"]
+
+# Rank 0 logs one line per epoch (and progress lines without a bar) at INFO; the `condattn`
+# command shows them on the console.
+logger = logging.getLogger(__name__)
 
 # Fields of a metrics.jsonl line that measure time or follow the machine's load, and so differ
 # between identical runs.
@@ -173,7 +178,6 @@ def train(
     data: CifarData,
     run_dir: str | os.PathLike[str],
     resume: bool = False,
-    log: Callable[..., None] = print,
 ) -> dict[str, Any]:
     """Trains ``cfg`` on ``data`` and evaluates every epoch; returns the results dict.
 
@@ -182,7 +186,8 @@ def train(
         data: train and test splits (uint8 images).
         run_dir: where rank 0 writes the run directory (see the module docstring).
         resume: continue from ``run_dir/checkpoint.pt`` (the config must match).
-        log: where rank 0's one-line-per-epoch summaries go.
+
+    Rank 0 logs its one-line-per-epoch summaries to the ``condattn.train.loop`` logger (INFO).
 
     Under torchrun each process calls this; the process group is set up here.
     """
@@ -190,8 +195,6 @@ def train(
     env = D.detect()
     device = D.device_for(env, cfg.system.device)
     env = D.setup(device)
-    if not env.is_main:
-        log = lambda *a, **k: None  # noqa: E731
     steps = cfg.optim.epochs * (int(data.train_images.shape[0]) // cfg.optim.batch_size)
     plan = speed_plan(cfg, device, steps=steps)
     with _global_torch_state(cfg, device, plan):
@@ -206,9 +209,10 @@ def train(
         run = _build(cfg, data=data, run_dir=run_dir, env=env, device=device, plan=plan)
         if init is not None:  # fine-tuning: the plain model's weights (model.init_from)
             apply_init_weights(run.core, init[0], variant=cfg.model.variant, source=init[1])
-            log(f"weights from {init[1]}")
+            if env.is_main:
+                logger.info(f"weights from {init[1]}")
         _restore(run, state, resume=resume)
-        return _fit(run, data=data, log=log)
+        return _fit(run, data=data)
 
 
 @dataclasses.dataclass
@@ -339,11 +343,12 @@ def _open_run_dir(run: _Run, *, resume: bool) -> None:
     write_jsonl(d / "metrics.jsonl", run.history)
 
 
-def _fit(run: _Run, *, data: CifarData, log: Callable[..., None]) -> dict[str, Any]:
+def _fit(run: _Run, *, data: CifarData) -> dict[str, Any]:
     """Steps 3-5 for every remaining epoch, then the results (rank 0 writes results.json)."""
     cfg, env = run.cfg, run.env
     net, eval_net = _nets(run)
     params = count_params(run.core)
+    log = logger.info if env.is_main else _quiet
     log(
         f"model {cfg.model.arch} variant={cfg.model.variant} params={params / 1e6:.3f}M "
         f"device={run.device} world_size={env.world_size} run_dir={run.run_dir}"
@@ -355,10 +360,9 @@ def _fit(run: _Run, *, data: CifarData, log: Callable[..., None]) -> dict[str, A
     for epoch in tqdm(
         epochs, desc="epochs", disable=not show, initial=run.start_epoch, total=cfg.optim.epochs
     ):
-        row = _run_epoch(run, net, eval_net, epoch, show=show, log=log)
+        row = _run_epoch(run, net, eval_net, epoch, show=show)
         _record(run, row)
-        msg = _epoch_message(row, epochs=cfg.optim.epochs)
-        (tqdm.write if show else log)(msg)
+        log(_epoch_message(row, epochs=cfg.optim.epochs))
         D.barrier()
     results = _results(cfg, run.history, run.best, params=params, data=data, env=env)
     results["wall_time_s_this_start"] = time.perf_counter() - t_run
@@ -391,11 +395,10 @@ def _run_epoch(
     epoch: int,
     *,
     show: bool,
-    log: Callable[..., None],
 ) -> dict[str, Any]:
     """One epoch: train (step 3), evaluate (step 4); returns its metrics.jsonl row."""
     t0 = time.perf_counter()
-    tr, lr_start, lr_last = _train_epoch(run, net, epoch, show=show, log=log)
+    tr, lr_start, lr_last = _train_epoch(run, net, epoch, show=show)
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)
     t_train = time.perf_counter() - t0
@@ -425,7 +428,7 @@ def _run_epoch(
 
 
 def _train_epoch(
-    run: _Run, net: nn.Module, epoch: int, *, show: bool, log: Callable[..., None]
+    run: _Run, net: nn.Module, epoch: int, *, show: bool
 ) -> tuple[dict[str, Any], float, float]:
     """Step 3: one pass over the training set; returns the (all-reduced) means and the lrs of
     the first and the last step. Without a bar, rank 0 logs progress (:class:`_Heartbeat`)."""
@@ -440,7 +443,7 @@ def _train_epoch(
         leave=False,
         disable=not show,
     )
-    beat = _Heartbeat(run, epoch, log=log) if run.env.is_main and not show else None
+    beat = _Heartbeat(run, epoch) if run.env.is_main and not show else None
     lr_last = _train_steps(run, net, steps, sums=sums, on_step=beat)
     D.all_reduce_sum(sums.sums)
     return sums.means(), lr_start, lr_last
@@ -483,8 +486,8 @@ class _Heartbeat:
     only when a line is due, so the steps in between stay free of host syncs.
     """
 
-    def __init__(self, run: _Run, epoch: int, *, log: Callable[..., None]) -> None:
-        self.log, self.epoch, self.epochs = log, epoch, run.cfg.optim.epochs
+    def __init__(self, run: _Run, epoch: int) -> None:
+        self.epoch, self.epochs = epoch, run.cfg.optim.epochs
         self.total, self.world_size = len(run.train_loader), run.env.world_size
         self.t0 = self.last = time.perf_counter()
 
@@ -494,7 +497,7 @@ class _Heartbeat:
         m = sums.means()  # this rank's running means so far (the sync happens here)
         self.last = time.perf_counter()
         rate = m["n"] * self.world_size / max(self.last - self.t0, 1e-9)
-        self.log(
+        logger.info(
             f"epoch {self.epoch + 1}/{self.epochs} step {step}/{self.total} | {rate:.0f} img/s "
             f"| loss {m['loss']:.4f} train top1 {m['top1']:.2f}"
         )
@@ -521,6 +524,10 @@ def _record(run: _Run, row: dict[str, Any]) -> None:
             "config": run.cfg.to_dict(),
         },
     )
+
+
+def _quiet(msg: str) -> None:
+    """Where the lines of ranks other than 0 go."""
 
 
 def _epoch_message(row: dict[str, Any], *, epochs: int) -> str:
