@@ -37,6 +37,7 @@ from condattn.experiments.summary import (
     summarize,
     write_summary,
 )
+from condattn.train.speed import available_cores
 
 __all__ = [
     "CompareError",
@@ -61,11 +62,8 @@ logger = logging.getLogger(__name__)  # progress lines (INFO); the CLI shows the
 
 
 def _cores() -> int:
-    """CPU cores this process may use (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS, Windows
-        return os.cpu_count() or 1
+    """CPU cores this process may use (:func:`condattn.train.speed.available_cores`)."""
+    return available_cores()[0]
 
 
 def compare(

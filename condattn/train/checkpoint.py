@@ -33,7 +33,7 @@ from condattn.models import create_model
 from condattn.serialization import load as load_converted
 from condattn.serialization import load_base_state_dict
 from condattn.train.build import build_model
-from condattn.train.config import TrainConfig
+from condattn.train.config import VARIANT_LABELS, TrainConfig
 from condattn.train.recipe import config_from_dict
 
 __all__ = [
@@ -332,7 +332,7 @@ def load_model(
         n = num_classes or _num_classes(payload["model"])
         model = model_from_checkpoint(payload, num_classes=n, source=str(file))
         cfg = config_from_dict(payload["config"])
-        label = {"se": "SE", "se_a": "SE-A", "se_r": "SE-R"}[cfg.model.variant]
+        label = VARIANT_LABELS[cfg.model.variant]
         return LoadedModel(model, f"{label} ({cfg.name})", cfg, payload.get("epoch"))
     if kind == "saved":
         if arch is None:

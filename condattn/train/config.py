@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from condattn.convert import AUX_HEAD_KEYS  # [model.aux_head] takes what convert's aux_head does
+from condattn.nn._common import INITS  # model.cond_init: the twins' T-column inits
 from condattn.train.speed import CHANNELS_LAST, COMPILE_MODES, PRECISIONS
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "PAPER_LOSS_W",
     "SECTIONS",
     "VARIANTS",
+    "VARIANT_LABELS",
     "ConfigError",
     "DataConfig",
     "LossConfig",
@@ -39,7 +41,8 @@ __all__ = [
 ]
 
 VARIANTS = ("se", "se_a", "se_r")  # plain SE-ResNet, aux heads only (SE-A), conditioned (SE-R)
-COND_INITS = ("default", "zeros")
+# How tables, plots and logs name the variants (the paper's names).
+VARIANT_LABELS = {"se": "SE", "se_a": "SE-A", "se_r": "SE-R"}
 CONDS = ("logits", "probs")
 DEVICES = ("auto", "cpu", "cuda")
 # model.aux_at = "auto" (read as a one-entry list); convert places this many heads.
@@ -272,7 +275,7 @@ SECTIONS: dict[str, type] = {
 # The fixed vocabularies, by (section, key): a value outside them is refused with this list.
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("model", "variant"): VARIANTS,
-    ("model", "cond_init"): COND_INITS,
+    ("model", "cond_init"): INITS,
     ("model", "cond"): CONDS,
     ("system", "device"): DEVICES,
     ("system", "precision"): PRECISIONS,
