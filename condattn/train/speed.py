@@ -58,8 +58,7 @@ COMPILE_MODES = (
 # compile="auto" compiles runs of at least this many train steps on a GPU. Compiling a train step
 # takes minutes, so it pays back only over long runs: the paper's recipes (78,000 steps) compile,
 # the quick recipe (234 steps) does not. On CPU, auto never compiles: inductor saved about 1% of
-# the narrow SE-ResNet18's bf16 step (81.7 -> 80.7 ms, 2 threads; docs/results.md, The default
-# loop), 20 s of compiling for 1 ms a step.
+# a bf16 train step (docs/results.md, The default loop), less than its compile time pays back.
 COMPILE_MIN_STEPS = 10_000
 # CPU flags (/proc/cpuinfo) of instructions that run bf16 matrix maths natively: Intel AMX and
 # AVX512-BF16 (Intel Cooper Lake and later, AMD Zen 4 and later). Elsewhere bf16 is emulated.
