@@ -17,7 +17,7 @@ from condattn.outputs import CondOutput
 from condattn.profiling import count_macs, count_params
 from condattn.serialization import LoadResult, load, load_base_state_dict, save
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "CondOutput",
