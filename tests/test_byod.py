@@ -19,7 +19,7 @@ from condattn.cli import main
 from condattn.data import CIFAR100_MEAN, BatchRandomResizedCrop, synthetic_cifar100
 from condattn.data.synthetic import make_synthetic_arrays
 from condattn.experiments.grid import config_diff
-from condattn.train import loop
+from condattn.train import loop, progress
 from condattn.train.build import build_augment, load_data
 from condattn.train.checkpoint import load_checkpoint, save_checkpoint
 from condattn.train.config import TrainConfig
@@ -207,14 +207,14 @@ def test_a_run_without_a_terminal_logs_progress_lines_during_the_epoch(
 ) -> None:
     data = synthetic_cifar100(n_train=128, n_test=32)
     lines: list[str] = []
-    monkeypatch.setattr(loop, "LOG_EVERY_S", 0.0)  # a line after every step
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)  # a line after every step
     with condattn_log(lines.append):
         loop.train(_tiny_cfg(), data=data, run_dir=tmp_path / "a")
     beats = [m for m in lines if re.fullmatch(r"epoch 1/1 step \d/4 \| \d+ img/s \| loss .*", m)]
     assert [int(m.split("step ")[1][0]) for m in beats] == [1, 2, 3, 4], lines
     assert all(float(m.split("loss ")[1].split()[0]) > 0 for m in beats)
     lines.clear()
-    monkeypatch.setattr(loop, "LOG_EVERY_S", 1e9)  # never due: only the epoch summaries
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 1e9)  # never due: only the epoch summaries
     with condattn_log(lines.append):
         loop.train(_tiny_cfg(), data=data, run_dir=tmp_path / "b")
     assert not [m for m in lines if " step " in m] and any(m.startswith("epoch 1/1") for m in lines)

@@ -13,6 +13,10 @@ states, read from its files alone (:func:`run_state`):
 - :attr:`RunState.FINISHED`: ``results.json`` (and its last checkpoint): reuse it, or resume it
   for more epochs.
 
+:func:`open_run_dir` writes what a start of :func:`train` writes first (the config, this
+start's ``environment.json`` entry, the metrics its checkpoint covers) and
+:func:`results_record` the content of ``results.json``.
+
 A run directory is *incompatible* with a config when :func:`config_diff` finds a difference
 outside :data:`MAY_DIFFER` for what is being done (``"reuse"`` a run as it is, or ``"resume"``
 it); every caller refuses it with a message that names the differing keys.
@@ -25,7 +29,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+from condattn._io import atomic_write_text
 from condattn.train.checkpoint import CHECKPOINT_NAME
+from condattn.train.metrics import read_jsonl, write_json, write_jsonl
 
 __all__ = [
     "MAY_DIFFER",
@@ -34,6 +40,8 @@ __all__ = [
     "clear_run",
     "config_diff",
     "may_differ",
+    "open_run_dir",
+    "results_record",
     "run_state",
     "saved_config",
 ]
@@ -122,3 +130,72 @@ def clear_run(run_dir: str | Path) -> None:
     """Removes :data:`RUN_FILES` (``--overwrite``): the directory is then EMPTY."""
     for name in RUN_FILES:
         (Path(run_dir) / name).unlink(missing_ok=True)
+
+
+def open_run_dir(
+    run_dir: Path, cfg: Any, *, start: dict[str, Any], resume: bool, epochs_done: int
+) -> list[dict[str, Any]]:
+    """Writes the config and this start's ``environment.json`` entry (``start``, appended to the
+    earlier starts' when resuming); keeps the metrics the checkpoint covers and returns them.
+
+    Args:
+        run_dir: the run directory (created if missing).
+        cfg: the run's :class:`~condattn.train.config.TrainConfig`.
+        start: this start's provenance, speed plan and first epoch.
+        resume: this start continues a checkpoint.
+        epochs_done: the epochs the checkpoint covers (0 for a fresh run).
+    """
+    from condattn.train.recipe import config_to_toml
+
+    d = Path(run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    write_json(d / "config.json", cfg.to_dict())
+    atomic_write_text(d / "config.toml", config_to_toml(cfg))
+    starts = []
+    if resume and (d / "environment.json").exists():
+        starts = json.loads((d / "environment.json").read_text()).get("starts", [])
+    write_json(d / "environment.json", {"starts": [*starts, start]})
+    # Drop lines of epochs the checkpoint does not cover (killed after logging them).
+    history = [r for r in read_jsonl(d / "metrics.jsonl") if r["epoch"] <= epochs_done]
+    write_jsonl(d / "metrics.jsonl", history)
+    return history
+
+
+def results_record(
+    cfg: Any,
+    history: list[dict[str, Any]],
+    best: dict[str, Any],
+    *,
+    params: int,
+    data: Any,
+    world_size: int,
+) -> dict[str, Any]:
+    """The content of ``results.json``: the final epoch (the reported number), the best one
+    (informational), the paper's number and what the run was."""
+    last = history[-1] if history else {}
+    paper = cfg.paper.top1 or None
+    final_top1 = last.get("test_top1")
+    return {
+        "name": cfg.name,
+        "arch": cfg.model.arch,
+        "variant": cfg.model.variant,
+        "aux_weights": list(cfg.loss.aux_weights),
+        "seed": cfg.system.seed,
+        "epochs": cfg.optim.epochs,
+        "reported": "final",
+        "final": {
+            "epoch": last.get("epoch"),
+            "top1": final_top1,
+            "top5": last.get("test_top5"),
+            "test_loss": last.get("test_loss"),
+        },
+        "best": best,
+        "paper": {"tables": list(cfg.paper.tables), "row": cfg.paper.row, "top1": paper},
+        "delta_vs_paper": (final_top1 - paper) if paper and final_top1 is not None else None,
+        "params": params,
+        "data_source": data.source,
+        "num_train": int(data.train_images.shape[0]),
+        "num_test": int(data.test_images.shape[0]),
+        "world_size": world_size,
+        "total_time_s": sum(r["epoch_time_s"] for r in history),
+    }
