@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "seed": seed,
                     "top1": res["final"]["top1"],
                     "top5": res["final"]["top5"],
-                    "best_top1": res["best"]["top1"] if res.get("best") else None,
+                    "val_chosen_top1": (res.get("val_chosen") or {}).get("top1"),
                     "time_s": res["total_time_s"],
                     "params": res["params"],
                 }

@@ -229,6 +229,19 @@ def test_train_folder_without_val_splits_train(root: Path, cache: Path) -> None:
     assert torch.bincount(data.test_labels).tolist() == [3, 3, 3]
 
 
+def test_val_folder_and_val_fraction_give_train_val_test(root: Path, cache: Path) -> None:
+    """val/ stays the test split; the val split is held out of train/, as on CIFAR."""
+    plain = _load(root, cache)
+    data = _load(root, cache, val_fraction=0.5, split_seed=2)
+    assert torch.equal(data.test_images, plain.test_images)
+    assert torch.bincount(data.val_labels).tolist() == [3, 3, 3]
+    assert torch.bincount(data.train_labels).tolist() == [3, 3, 3]
+    both = torch.cat([data.train_images, data.val_images])
+    assert {x.numpy().tobytes() for x in both} == {x.numpy().tobytes() for x in plain.train_images}
+    again = _load(root, cache, val_fraction=0.5, split_seed=2)
+    assert torch.equal(again.val_images, data.val_images)
+
+
 # --- errors --------------------------------------------------------------------------------------
 
 
@@ -289,8 +302,6 @@ def test_layout_errors(root: Path, flat: Path, tmp_path: Path, cache: Path) -> N
     with pytest.raises(DataError, match="no val/ folder") as info:
         _load(flat, cache)
     assert "val_fraction" in str(info.value)
-    with pytest.raises(DataError, match="val_fraction = 0 to use val/"):
-        _load(root, cache, val_fraction=0.2)
     with pytest.raises(ValueError, match="image_size"):
         _load(root, cache, image_size=0)
     with pytest.raises(ValueError, match=r"\[0, 1\)"):

@@ -171,7 +171,7 @@ def test_run_table_dry_run_and_summary(tmp_path: Path) -> None:
         d.mkdir(parents=True)
         (d / "results.json").write_text(
             json.dumps(
-                {"final": {"top1": acc, "top5": 95.0}, "best": {"top1": acc + 1, "epoch": 3}}
+                {"final": {"top1": acc, "top5": 95.0}, "val_chosen": {"top1": acc + 1, "epoch": 3}}
             )
         )
     proc = subprocess.run(
@@ -194,6 +194,7 @@ def test_run_table_dry_run_and_summary(tmp_path: Path) -> None:
     row = next(r for r in summary["rows"] if r["recipe"] == "table6/se_r_resnet50_aux_stage2.toml")
     assert row["n"] == 2 and row["mean"] == pytest.approx(80.5)
     assert row["std"] == pytest.approx(0.7071, abs=1e-3) and row["paper"] == 80.12
+    assert row["val_chosen_mean"] == pytest.approx(81.5)
     md = (tmp_path / "table6.md").read_text()
     assert "80.50 ± 0.71" in md and "80.12" in md
 

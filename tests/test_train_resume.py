@@ -101,6 +101,6 @@ def test_kill_and_resume_is_bit_identical(tmp_path: Path) -> None:
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
     ra = json.loads((full / "results.json").read_text())
     rb = json.loads((killed / "results.json").read_text())
-    assert ra["final"] == rb["final"] and ra["best"] == rb["best"]
+    assert ra["final"] == rb["final"] and ra["val_chosen"] == rb["val_chosen"]
     starts = json.loads((killed / "environment.json").read_text())["starts"]
     assert [s["start_epoch"] for s in starts] == [1, 2]

@@ -2,7 +2,8 @@
 
 Every dataset (CIFAR-100, CIFAR-10, an image folder, the synthetic sets) arrives as an
 :class:`ImageData`: uint8 images ``N x 3 x H x W``, int64 labels, the class names, the per-channel
-mean/std of the TRAIN split and a source string. So the loader, the augmentation and the training
+mean/std of the TRAIN split and a source string, and optionally a validation split held out of
+the train images (:mod:`condattn.data.split`). So the loader, the augmentation and the training
 loop never change per dataset.
 """
 
@@ -93,6 +94,9 @@ class ImageData:
         mean: per-channel mean of the TRAIN split in [0, 1] units, rounded to 6 decimals.
             None computes it from ``train_images`` (:func:`channel_stats`).
         std: per-channel population std of the TRAIN split, same units and rounding.
+        val_images: uint8 ``(N_val, C, H, W)`` held out of the train images to choose the best
+            epoch on (``data.val_fraction``), or None: no val split.
+        val_labels: int64 ``(N_val,)``, or None.
     """
 
     train_images: torch.Tensor
@@ -103,9 +107,13 @@ class ImageData:
     source: str
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    val_images: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        for split in ("train", "test"):
+        if (self.val_images is None) != (self.val_labels is None):
+            raise ValueError("give both val_images and val_labels, or neither")
+        for split in ("train", "test", "val")[: 3 if self.has_val else 2]:
             x, y = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
             if x.dtype != torch.uint8 or x.ndim != 4:
                 raise ValueError(
@@ -115,11 +123,13 @@ class ImageData:
                 raise ValueError(
                     f"{split}_labels must be (N,) with N = {x.shape[0]}, got {tuple(y.shape)}"
                 )
-        if self.train_images.shape[1:] != self.test_images.shape[1:] and len(self.test_images):
-            raise ValueError(
-                f"train and test images differ in shape: {tuple(self.train_images.shape[1:])} "
-                f"vs {tuple(self.test_images.shape[1:])}"
-            )
+        for split in ("test", "val")[: 2 if self.has_val else 1]:
+            x = getattr(self, f"{split}_images")
+            if self.train_images.shape[1:] != x.shape[1:] and len(x):
+                raise ValueError(
+                    f"train and {split} images differ in shape: "
+                    f"{tuple(self.train_images.shape[1:])} vs {tuple(x.shape[1:])}"
+                )
         if (self.mean is None) != (self.std is None):
             raise ValueError("give both mean and std, or neither (then both are computed)")
         if self.mean is None:
@@ -139,6 +149,11 @@ class ImageData:
         return len(self.classes)
 
     @property
+    def has_val(self) -> bool:
+        """Whether a val split was held out of the train images (``data.val_fraction``)."""
+        return self.val_images is not None
+
+    @property
     def image_size(self) -> tuple[int, int]:
         """``(H, W)`` of every image."""
         return tuple(self.train_images.shape[2:])
@@ -150,7 +165,9 @@ class ImageData:
     def __repr__(self) -> str:
         return (
             f"ImageData(train={tuple(self.train_images.shape)}, "
-            f"test={tuple(self.test_images.shape)}, classes={len(self.classes)}, "
+            f"test={tuple(self.test_images.shape)}, "
+            + (f"val={tuple(self.val_images.shape)}, " if self.has_val else "")
+            + f"classes={len(self.classes)}, "
             f"mean={self.mean}, std={self.std}, source={self.source!r})"
         )
 

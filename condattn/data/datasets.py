@@ -10,6 +10,16 @@ Where the data are looked for when ``root`` is empty: the CIFAR sets search ``$C
 (only there when it is set; a path that does not exist is an error, never skipped), else
 ``./data`` and ``../shared/data``; an image folder takes ``$CONDATTN_DATA`` or fails. A ``root``
 that is given but does not exist is always an error naming it.
+
+An option that does not apply to the dataset asked for (``download`` for an image folder,
+``skip_bad_images`` for CIFAR, ``split_seed`` without a split...) is an error naming it, never
+silently ignored.
+
+``val_fraction > 0`` holds out that share of every class of the train images as a validation
+split (``ImageData.val_*``, :mod:`condattn.data.split`) for CIFAR, the synthetic set and image
+folders with their own ``val/`` (which stays the test split). An image folder WITHOUT ``val/``
+has no test set of its own: there ``val_fraction`` holds out the evaluation split, which is
+``test_*``, and there is no val split.
 """
 
 from __future__ import annotations
@@ -22,9 +32,17 @@ from pathlib import Path
 from condattn.data.cifar import CIFAR10, CIFAR100, CifarSpec, data_env_path, find_cifar, load_cifar
 from condattn.data.container import DataNotFoundError, ImageData
 from condattn.data.imagefolder import load_imagefolder
+from condattn.data.split import split_validation
 from condattn.data.synthetic import synthetic_cifar100
 
-__all__ = ["DATASETS", "LoadOptions", "list_datasets", "load_dataset", "register_dataset"]
+__all__ = [
+    "DATASETS",
+    "LoadOptions",
+    "check_options",
+    "list_datasets",
+    "load_dataset",
+    "register_dataset",
+]
 
 
 @dataclass(frozen=True)
@@ -39,9 +57,10 @@ class LoadOptions:
     cache_dir: str | os.PathLike[str] | None = None
     # Image folders: side of the stored square images. CIFAR/synthetic: 0 or 32 (their size).
     image_size: int = 0
-    # Image folders: 0 = require root/val/; else the share of each class held out.
+    # The share of each class held out of train as a val split (image folders without val/:
+    # as the evaluation split); 0 = none (image folders: then root/val/ is required).
     val_fraction: float = 0.0
-    # Image folders: seeds the held-out split (the same for every run seed).
+    # Seeds that held-out split (the same for every run seed); needs val_fraction > 0.
     split_seed: int = 0
     # Image folders: skip and count unreadable files instead of stopping at the first.
     skip_bad_images: bool = False
@@ -61,6 +80,54 @@ def _check_native(name: str, size: int) -> None:
         )
 
 
+# The options each loader does not use, with what they are for: a value other than the default
+# is refused (the fields of LoadOptions).
+_NOT_FOR: dict[str, dict[str, str]] = {
+    "cifar": {
+        "skip_bad_images": "image folders",
+        "workers": "image folders (decoding threads)",
+    },
+    "imagefolder": {"download": "CIFAR"},
+    "synthetic": {
+        "root": "files on disk",
+        "download": "CIFAR",
+        "skip_bad_images": "image folders",
+        "workers": "image folders (decoding threads)",
+        "cache_dir": "files on disk",
+    },
+}
+_CONFIG_NAME = {"workers": "data.decode_workers", "root": "data.root", "download": "download"}
+
+
+def check_options(kind: str, name: str, opts: LoadOptions) -> None:
+    """Refuses an option that ``kind``'s loader would not use (see the module docstring).
+
+    Raises:
+        ValueError: naming the option, what it is for, and the fix.
+    """
+    default = LoadOptions()
+    if not 0.0 <= opts.val_fraction < 1.0:
+        raise ValueError(f"data.val_fraction must lie in [0, 1), got {opts.val_fraction}")
+    for field, for_what in _NOT_FOR.get(kind, {}).items():
+        if getattr(opts, field) != getattr(default, field):
+            key = _CONFIG_NAME.get(field, f"data.{field}")
+            raise ValueError(
+                f"{key}={getattr(opts, field)!r} does not apply to the {name!r} dataset (it is "
+                f"for {for_what}); remove it"
+            )
+    if opts.split_seed != default.split_seed and opts.val_fraction <= 0:
+        raise ValueError(
+            f"data.split_seed={opts.split_seed} has no effect without a held-out split; set "
+            "data.val_fraction > 0 (e.g. 0.1), or remove data.split_seed"
+        )
+
+
+def _with_val(data: ImageData, opts: LoadOptions) -> ImageData:
+    if opts.val_fraction <= 0:
+        return data
+    return split_validation(data, fraction=opts.val_fraction, seed=opts.split_seed)
+
+
 def _not_found(spec: CifarSpec) -> str:
     return (
         f"no {spec.title} data found. Looked in ./data and ../shared/data (relative to the "
@@ -72,16 +139,19 @@ def _not_found(spec: CifarSpec) -> str:
 
 
 def _cifar(spec: CifarSpec, opts: LoadOptions) -> ImageData:
+    check_options("cifar", spec.name, opts)
     _check_native(spec.name, opts.image_size)
     where = opts.root or find_cifar(spec)
     if not where and opts.download:
         where = Path("data")
     if not where:
         raise DataNotFoundError(_not_found(spec))
-    return load_cifar(spec, where, download=opts.download, cache_dir=opts.cache_dir)
+    data = load_cifar(spec, where, download=opts.download, cache_dir=opts.cache_dir)
+    return _with_val(data, opts)
 
 
 def _imagefolder(opts: LoadOptions) -> ImageData:
+    check_options("imagefolder", "imagefolder", opts)
     root = opts.root or data_env_path()
     if not root:
         raise DataNotFoundError(
@@ -100,8 +170,10 @@ def _imagefolder(opts: LoadOptions) -> ImageData:
 
 
 def _synthetic(opts: LoadOptions) -> ImageData:
+    check_options("synthetic", "synthetic", opts)
     _check_native("synthetic", opts.image_size)
-    return synthetic_cifar100(n_train=opts.n_train, n_test=opts.n_test, seed=opts.seed)
+    data = synthetic_cifar100(n_train=opts.n_train, n_test=opts.n_test, seed=opts.seed)
+    return _with_val(data, opts)
 
 
 DATASETS: dict[str, Callable[[LoadOptions], ImageData]] = {

@@ -2,7 +2,12 @@
 
 Layout: ``root/train/<class>/<image>`` and ``root/val/<class>/<image>``; or, with
 ``val_fraction > 0``, class folders to split (``root/<class>/<image>``, or ``root/train/<class>``
-without ``val/``). Class names are the sorted folder names (label ``k`` is the ``k``-th), files are
+without ``val/``), the share held out being the evaluation ("test") split. With ``val/`` AND
+``val_fraction > 0`` there are three splits: ``val/`` is the test split and the share of every
+class of ``train/`` held out (:func:`condattn.data.split.split_validation`, after decoding) is
+the val split on which the best epoch is chosen, as for CIFAR.
+
+Class names are the sorted folder names (label ``k`` is the ``k``-th), files are
 taken in sorted name order, so nothing depends on the order the file system lists them in.
 
 Every image is decoded once, in parallel threads (PIL releases the GIL while it decodes and
@@ -39,6 +44,7 @@ from PIL import Image
 from condattn._io import atomic_torch_save, derive_seed
 from condattn.data._cache import default_cache_dir, removing_new_dirs
 from condattn.data.container import DataError, DataNotFoundError, ImageData, channel_stats
+from condattn.data.split import split_validation
 
 __all__ = ["IMAGE_EXTENSIONS", "decode_image", "load_imagefolder", "split_files"]
 
@@ -137,12 +143,7 @@ def _layout(root: Path, *, val_fraction: float, seed: int) -> tuple[_Split, _Spl
     train_dir, val_dir = root / "train", root / "val"
     if val_dir.is_dir() and not train_dir.is_dir():
         raise DataError(f"{root} has val/ but no train/ folder")
-    if val_dir.is_dir():
-        if val_fraction > 0:
-            raise DataError(
-                f"{root} has a val/ folder and data.val_fraction={val_fraction} asks to split "
-                "off another; set data.val_fraction = 0 to use val/, or remove val/"
-            )
+    if val_dir.is_dir():  # val_fraction then splits train/ after decoding (load_imagefolder)
         train, val = _scan(train_dir), _scan(val_dir)
         if set(train.files) != set(val.files):
             only_t = sorted(set(train.files) - set(val.files))
@@ -393,8 +394,9 @@ def load_imagefolder(
         root: holds ``train/`` and ``val/`` class folders, or (with ``val_fraction``) class
             folders to split (module docstring).
         image_size: the side of the stored square images (shorter side resized, centre crop).
-        val_fraction: 0 requires ``root/val/``; else the share of each class held out as the
-            val ("test") split, stratified and reproducible (:func:`split_files`).
+        val_fraction: 0 requires ``root/val/``; else the share of each class held out:
+            without ``val/`` as the evaluation ("test") split (:func:`split_files`), with
+            ``val/`` out of ``train/`` as the val split (``val/`` stays the test split).
         split_seed: seeds that split (independent of the run's seed, so that every run of a
             comparison holds out the same images).
         skip_bad_images: skip (and count) unreadable files instead of stopping at the first.
@@ -406,7 +408,8 @@ def load_imagefolder(
     cache write at WARNING).
 
     Returns:
-        :class:`ImageData` with the val split as ``test_*`` and the train split's mean/std.
+        :class:`ImageData` with ``val/`` (or the held-out share) as ``test_*``, the train split's
+        mean/std, and ``val_*`` when ``train/`` was split as well.
 
     Raises:
         DataNotFoundError: ``root`` does not exist.
@@ -420,12 +423,14 @@ def load_imagefolder(
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"data.val_fraction must lie in [0, 1), got {val_fraction}")
     root = Path(root).expanduser()
-    train, val = _layout(root, val_fraction=val_fraction, seed=split_seed)
+    three_way = val_fraction > 0 and (root / "val").is_dir()
+    layout_fraction = 0.0 if three_way else val_fraction  # what the decoded files depend on
+    train, val = _layout(root, val_fraction=layout_fraction, seed=split_seed)
     settings = {
         "format": _FORMAT,
         "image_size": image_size,
-        "val_fraction": val_fraction,
-        "split_seed": split_seed,
+        "val_fraction": layout_fraction,
+        "split_seed": split_seed if layout_fraction else 0,
         "skip_bad_images": skip_bad_images,
     }
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
@@ -441,7 +446,7 @@ def load_imagefolder(
     )
     skipped = blob["skipped"]
     note = f"; skipped {len(skipped)} unreadable file(s), first: {skipped[0]}" if skipped else ""
-    return ImageData(
+    data = ImageData(
         blob["train_images"],
         blob["train_labels"],
         blob["test_images"],
@@ -451,3 +456,4 @@ def load_imagefolder(
         mean=tuple(blob["mean"]),
         std=tuple(blob["std"]),
     )
+    return split_validation(data, fraction=val_fraction, seed=split_seed) if three_way else data

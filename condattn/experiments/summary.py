@@ -5,9 +5,9 @@ Everything is read back from the run directories (``results.json``, ``metrics.js
 (``condattn report OUT``) and always says under which conditions its numbers were measured:
 model, data, epochs, device, torch version, threads and git SHA, as airbench's results do.
 
-The reported top-1 of a run is its final epoch's test accuracy (as in ``results.json``); the best
-epoch is carried along for information only, since picking it on the test set would flatter
-every variant.
+The reported top-1 of a run is its final epoch's test accuracy (as in ``results.json``). With a
+val split (``data.val_fraction > 0``) the test top-1 at the epoch chosen on val is shown too. An
+epoch chosen on the test set is never shown: picking it would flatter every variant.
 """
 
 from __future__ import annotations
@@ -75,8 +75,8 @@ def _collect(out_dir: Path, variants: Sequence[str], seeds: Sequence[int]) -> di
                     "seed": s,
                     "top1": res["final"]["top1"],
                     "top5": res["final"]["top5"],
-                    "best_top1": res["best"]["top1"],
-                    "best_epoch": res["best"]["epoch"],
+                    "val_chosen_top1": (res.get("val_chosen") or {}).get("top1"),
+                    "val_chosen_epoch": (res.get("val_chosen") or {}).get("epoch"),
                     "run_dir": str(d.relative_to(out_dir)),
                     "_results": res,
                     "_config": _read_json(d / "config.json"),
@@ -155,7 +155,7 @@ def summarize(
         "conditions": _conditions(
             collected, variants=variants, seeds=seeds, recipe=recipe, overrides=overrides
         ),
-        "reported": "final epoch's test top-1 (%); best epoch for information only",
+        "reported": "final epoch's test top-1 (%); also at the val-chosen epoch with a val split",
         "variants": {},
         "differences": [],
         "missing": collected["missing"],
@@ -165,7 +165,7 @@ def summarize(
         summary["variants"][v] = {
             **describe([r["top1"] for r in rs]),
             "top5_mean": describe([r["top5"] for r in rs])["mean"],
-            "best_top1_mean": describe([r["best_top1"] for r in rs])["mean"],
+            "val_chosen_top1_mean": _chosen_mean(rs),
             "runs": [{k: x for k, x in r.items() if not k.startswith("_")} for r in rs],
         }
     for a, b in PAIRS:
@@ -174,6 +174,14 @@ def summarize(
             summary["differences"].append({"a": a, "b": b, **paired_difference(top1[a], top1[b])})
     histories = {v: [r["_history"] for r in collected["runs"][v]] for v in variants}
     return summary, histories
+
+
+def _chosen_mean(rs: Sequence[Mapping[str, Any]]) -> float | None:
+    """The mean test top-1 at the val-chosen epochs, or None unless every run has a val split."""
+    values = [r["val_chosen_top1"] for r in rs]
+    if not values or any(v is None for v in values):
+        return None
+    return describe(values)["mean"]
 
 
 # --- compare.md --------------------------------------------------------------------------------
@@ -245,10 +253,11 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         f"# {names}: {c['model']}",
         "",
         _conditions_text(c),
-        "Top-1 is the final epoch's test accuracy (the reported number); the best epoch's is "
-        "shown for information only. ± is the standard deviation over seeds.",
+        "Top-1 is the final epoch's test accuracy (the reported number); the last column is the "
+        "test top-1 at the epoch chosen on the val split held out of train (– without one: "
+        "no epoch is chosen on the test set). ± is the standard deviation over seeds.",
         "",
-        "| variant | top-1 (%) | n | top-5 (%) | best top-1 (%) |",
+        "| variant | top-1 (%) | n | top-5 (%) | top-1 at the val-chosen epoch (%) |",
         "|---|---|---|---|---|",
     ]
     for v, s in summary["variants"].items():
@@ -256,7 +265,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         top1 = f"{_num(s['mean'])}{spread}" if s["n"] else "–"
         lines.append(
             f"| {VARIANT_LABELS[v]} | {top1} | {s['n']} | {_num(s['top5_mean'])} | "
-            f"{_num(s['best_top1_mean'])} |"
+            f"{_num(s['val_chosen_top1_mean'])} |"
         )
     if summary["differences"]:
         lines += [

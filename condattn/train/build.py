@@ -18,7 +18,7 @@ from condattn.data import (
 from condattn.losses import DeepSupervisionLoss
 from condattn.models import create_model, is_external
 from condattn.outputs import CondOutput
-from condattn.train.config import ConfigError, ModelConfig, TrainConfig
+from condattn.train.config import ConfigError, DataConfig, ModelConfig, TrainConfig
 from condattn.transform.convert import convert, get_config
 from condattn.transform.discovery import list_attention
 from condattn.transform.mappings import swappable_types
@@ -50,8 +50,11 @@ def load_data(
     synthetic: bool = False,
     download: bool = False,
 ) -> ImageData:
-    """Loads ``data.dataset`` (or the synthetic stand-in) and applies ``data.train_subset`` and
-    ``data.test_subset``.
+    """Loads ``data.dataset`` (or the synthetic stand-in), holds out ``data.val_fraction`` of
+    the train images as a val split, and applies ``data.train_subset`` and ``data.test_subset``.
+
+    The val split is held out of the whole train split first (so it does not depend on
+    ``train_subset``) and is never subset.
 
     Args:
         cfg: the run config; ``[data]`` names the dataset and its options.
@@ -67,20 +70,26 @@ def load_data(
     Raises:
         condattn.data.DataNotFoundError: nothing found; the message says where it looked.
         condattn.data.DataError: unusable data; the message names the file and the fix.
+        ValueError: an option that does not apply to the dataset (the message names it).
     """
     d = cfg.data
+    # --synthetic stands in for any recipe's data: the options for files on disk do not apply
+    # to it and are dropped; a val split (val_fraction) is held out of it as of any dataset.
+    on_disk = not synthetic
     options = LoadOptions(
-        root=root or d.root or None,
+        root=(root or d.root or None) if on_disk else None,
         download=download,
-        image_size=0 if synthetic else d.image_size,  # --synthetic: 32 px for any recipe
+        image_size=d.image_size if on_disk else 0,  # --synthetic: 32 px for any recipe
         val_fraction=d.val_fraction,
         split_seed=d.split_seed,
-        skip_bad_images=d.skip_bad_images,
-        workers=d.decode_workers,
+        skip_bad_images=d.skip_bad_images and on_disk,
+        workers=d.decode_workers if on_disk else 0,
         n_train=d.synthetic_train,
         n_test=d.synthetic_test,
         seed=0,
     )
+    if synthetic and root:
+        raise ValueError(f"--synthetic trains on an in-memory set: remove --data {root}")
     data = load_dataset("synthetic" if synthetic else d.dataset, options)
     train_x, train_y = _subset(data.train_images, data.train_labels, d.train_subset, "tr")
     test_x, test_y = _subset(data.test_images, data.test_labels, d.test_subset, "te")
@@ -136,7 +145,9 @@ def build_augment(
     if not train:
         return BatchAugment.eval_transform(**common)
     size = data.image_size if data is not None else (32, 32)
-    if augment_kind(d.augment, size) == "rrc":
+    kind = augment_kind(d.augment, size)
+    _check_augment_options(d, kind)
+    if kind == "rrc":
         return BatchRandomResizedCrop(size=size, scale=tuple(d.rrc_scale), flip=d.flip, **common)
     return BatchAugment(
         crop=d.crop,
@@ -146,6 +157,20 @@ def build_augment(
         max_angle=d.max_angle,
         **common,
     )
+
+
+def _check_augment_options(d: DataConfig, kind: str) -> None:
+    """Refuses an augmentation option that the resolved ``kind`` would not use."""
+    default = DataConfig()
+    unused = ("rrc_scale",) if kind == "paper" else ("crop", "padding", "max_angle")
+    for key in unused:
+        if getattr(d, key) != getattr(default, key):
+            other = "rrc" if kind == "paper" else "paper"
+            raise ConfigError(
+                f"data.{key}={getattr(d, key)!r} applies to {other!r} augmentation but this run "
+                f"augments with {kind!r} (data.augment={d.augment!r}); remove data.{key}, or "
+                f"set data.augment = {other!r}"
+            )
 
 
 def build_model(cfg: TrainConfig, *, num_classes: int) -> nn.Module:

@@ -5,12 +5,14 @@ Run directory (written by rank 0 only)::
     config.json, config.toml   the resolved config (explicit lossW etc.)
     environment.json           device, torch, git SHA, threads, host, and the speed plan
                                (precision, channels_last, compile, threads: why each) per start
-    metrics.jsonl              one line per epoch (losses, lr, train/test top-1/top-5, timings)
+    metrics.jsonl              one line per epoch (losses, lr, train/test top-1/top-5, timings;
+                               val top-1/top-5 with a val split)
     checkpoint.pt              written atomically after every epoch; ``resume=True`` continues it
     curves.png                 train and test top-1 error vs epoch (paper Figs. 3-5)
-    results.json               final AND best epoch; the final one is the reported number (our
-                               choice: the paper does not say; picking the best would select on
-                               the test set)
+    results.json               the test accuracy at the final epoch (the reported number; the
+                               paper does not say which it reports) and, with a val split
+                               (data.val_fraction), at the epoch chosen on val; never at an
+                               epoch chosen on the test set (rundir.results_record)
 
 Epochs are numbered from 1 wherever a user sees them: the console, ``metrics.jsonl``,
 ``results.json``, ``environment.json``'s ``start_epoch``, the plots, and the checkpoint's
@@ -218,15 +220,11 @@ class _Run:
     criterion: DeepSupervisionLoss
     train_loader: TensorLoader
     test_loader: TensorLoader
+    val_loader: TensorLoader | None  # the val split held out of train (data.val_fraction)
     plan: SpeedPlan  # precision, memory format, compile mode, threads (speed_plan)
     # Fits the thread count to the cores other processes leave free (plan.adapt_threads).
     governor: ThreadGovernor | None = None
     start_epoch: int = 0  # the internal (0-based) index of the first epoch to run = epochs done
-    # The best test top-1 so far (informational; the final epoch is the reported number);
-    # epoch 0 = none yet.
-    best: dict[str, Any] = dataclasses.field(
-        default_factory=lambda: {"epoch": 0, "top1": -1.0, "top5": 0.0}
-    )
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
@@ -265,13 +263,12 @@ def _build(
         **common,
     )
     eval_bs = max(env.world_size, s.eval_batch_size // env.world_size * env.world_size)
-    test_loader = TensorLoader(
-        data.test_images,
-        data.test_labels,
-        batch_size=eval_bs,
-        shuffle=False,
-        augment=build_augment(cfg, train=False, data=data, channels_last=cl),
-        **common,
+    eval_augment = build_augment(cfg, train=False, data=data, channels_last=cl)
+    test_loader, val_loader = (
+        TensorLoader(x, y, batch_size=eval_bs, shuffle=False, augment=eval_augment, **common)
+        if x is not None
+        else None
+        for x, y in ((data.test_images, data.test_labels), (data.val_images, data.val_labels))
     )
     schedule = PaperSchedule(
         steps_per_epoch=len(train_loader),
@@ -290,6 +287,7 @@ def _build(
         criterion=build_loss(cfg),
         train_loader=train_loader,
         test_loader=test_loader,
+        val_loader=val_loader,
         plan=plan,
         governor=ThreadGovernor(plan.threads, cpus=plan.capabilities["cpus"])
         if plan.adapt_threads
@@ -304,7 +302,7 @@ def _restore(run: _Run, state: dict[str, Any] | None, *, resume: bool) -> None:
         run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
-        run.start_epoch, run.best = state["epoch"], state["best"]  # epochs finished
+        run.start_epoch = state["epoch"]  # epochs finished
     if run.env.is_main:
         entry = {
             **provenance(run.device, world_size=run.env.world_size, argv=sys.argv),
@@ -340,16 +338,20 @@ def _fit(run: _Run, *, data: CifarData) -> dict[str, Any]:
         _record(run, row)
         log(epoch_message(row, epochs=cfg.optim.epochs))
         D.barrier()
-    results = results_record(
-        cfg, run.history, run.best, params=params, data=data, world_size=env.world_size
-    )
+    results = results_record(cfg, run.history, params=params, data=data, world_size=env.world_size)
     results["wall_time_s_this_start"] = time.perf_counter() - t_run
     if env.is_main:
         write_json(run.run_dir / "results.json", results)
+        chosen = results["val_chosen"]
+        also = (
+            f"; at the epoch chosen on val ({chosen['epoch']}, val top1 "
+            f"{chosen['val_top1']:.2f}) test top1 {chosen['top1']:.2f}"
+            if chosen
+            else ""
+        )
         log(
             f"final (reported) test top1 {results['final']['top1']:.2f} top5 "
-            f"{results['final']['top5']:.2f}; best {results['best']['top1']:.2f} at epoch "
-            f"{results['best']['epoch']} (informational); results in {run.run_dir}"
+            f"{results['final']['top5']:.2f}{also}; results in {run.run_dir}"
         )
     D.barrier()
     return results
@@ -380,10 +382,11 @@ def _run_epoch(
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)
     t_train = time.perf_counter() - t0
-    te = evaluate(
-        eval_net, run.test_loader, criterion=run.criterion, num_aux=run.num_aux, plan=run.plan
-    )
+    ev = {"criterion": run.criterion, "num_aux": run.num_aux, "plan": run.plan}
+    te = evaluate(eval_net, run.test_loader, **ev)
+    va = evaluate(eval_net, run.val_loader, **ev) if run.val_loader is not None else None
     t_epoch = time.perf_counter() - t0
+    val = {"val_loss": va["loss"], "val_top1": va["top1"], "val_top5": va["top5"]} if va else {}
     return {
         "epoch": epoch + 1,  # 1-based, as everywhere a user sees it
         "loss": tr["loss"],
@@ -397,6 +400,7 @@ def _run_epoch(
         "test_main_loss": te["main_loss"],
         "test_top1": te["top1"],
         "test_top5": te["top5"],
+        **val,
         "epoch_time_s": t_epoch,
         "train_time_s": t_train,
         "eval_time_s": t_epoch - t_train,
@@ -462,9 +466,7 @@ def _train_steps(
 
 
 def _record(run: _Run, row: dict[str, Any]) -> None:
-    """Step 5: track the best epoch; rank 0 appends the row, redraws the curves, checkpoints."""
-    if row["test_top1"] > run.best["top1"]:
-        run.best = {"epoch": row["epoch"], "top1": row["test_top1"], "top5": row["test_top5"]}
+    """Step 5: rank 0 appends the row, redraws the curves, checkpoints."""
     run.history.append(row)
     if not run.env.is_main:
         return
@@ -477,7 +479,6 @@ def _record(run: _Run, row: dict[str, Any]) -> None:
             "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(),
             "epoch": row["epoch"],  # epochs finished (resume runs index row["epoch"] next)
-            "best": run.best,
             "rng": rng_state(),
             "config": run.cfg.to_dict(),
         },

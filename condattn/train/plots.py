@@ -33,10 +33,11 @@ def _save(fig, path: str | os.PathLike[str]) -> Path:
 def plot_curves(
     history: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], *, title: str = ""
 ) -> Path:
-    """Train and test top-1 error (%) vs epoch of one run; written atomically as a PNG.
+    """Train, test (and val) top-1 error (%) vs epoch of one run; written atomically as a PNG.
 
     Args:
-        history: metrics.jsonl rows (``epoch``, ``train_top1``, ``test_top1``).
+        history: metrics.jsonl rows (``epoch``, ``train_top1``, ``test_top1``, ``val_top1``
+            with a val split).
         path: the PNG to write.
         title: the plot title.
     """
@@ -46,6 +47,9 @@ def plot_curves(
     try:
         ax.plot(epochs, [100 - r["train_top1"] for r in history], label="train", marker=".")
         ax.plot(epochs, [100 - r["test_top1"] for r in history], label="test", marker=".")
+        if history and history[0].get("val_top1") is not None:
+            val = [100 - r["val_top1"] for r in history]
+            ax.plot(epochs, val, label="val (held out of train)", marker=".")
         ax.set(xlabel="epoch", ylabel="top-1 error (%)", title=title or "top-1 error")
         ax.grid(alpha=0.3)
         ax.legend()

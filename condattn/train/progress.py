@@ -29,9 +29,10 @@ def show_progress(progress: str, *, is_main: bool) -> bool:
 
 def epoch_message(row: dict[str, Any], *, epochs: int) -> str:
     """The console line of a finished epoch (a ``metrics.jsonl`` row)."""
+    val = f" val top1 {row['val_top1']:.2f}" if row.get("val_top1") is not None else ""
     return (
         f"epoch {row['epoch']}/{epochs} loss {row['loss']:.4f} lr {row['lr']:.4g} "
-        f"train top1 {row['train_top1']:.2f} test top1 {row['test_top1']:.2f} "
+        f"train top1 {row['train_top1']:.2f}{val} test top1 {row['test_top1']:.2f} "
         f"top5 {row['test_top5']:.2f} | {row['epoch_time_s']:.1f} s, {row['img_per_s']:.0f} img/s"
     )
 

@@ -15,7 +15,8 @@ states, read from its files alone (:func:`run_state`):
 
 :func:`open_run_dir` writes what a start of :func:`train` writes first (the config, this
 start's ``environment.json`` entry, the metrics its checkpoint covers) and
-:func:`results_record` the content of ``results.json``.
+:func:`results_record` the content of ``results.json`` (:func:`val_chosen`: the epoch chosen on
+the val split).
 
 A run directory is *incompatible* with a config when :func:`config_diff` finds a difference
 outside :data:`MAY_DIFFER` for what is being done (``"reuse"`` a run as it is, or ``"resume"``
@@ -44,6 +45,7 @@ __all__ = [
     "results_record",
     "run_state",
     "saved_config",
+    "val_chosen",
 ]
 
 Purpose = Literal["reuse", "resume"]
@@ -161,20 +163,42 @@ def open_run_dir(
     return history
 
 
+def val_chosen(history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The epoch with the highest val top-1 (the earliest of ties) and its test numbers, or None
+    when the run has no val split (``data.val_fraction = 0``).
+
+    Without a val split no epoch is chosen at all: the epoch with the best TEST accuracy is not
+    a selection but a look at the test set, so it is not reported anywhere.
+    """
+    rows = [r for r in history if r.get("val_top1") is not None]
+    if not rows:
+        return None
+    best = max(rows, key=lambda r: (r["val_top1"], -r["epoch"]))
+    return {
+        "epoch": best["epoch"],
+        "val_top1": best["val_top1"],
+        "val_top5": best.get("val_top5"),
+        "top1": best["test_top1"],
+        "top5": best["test_top5"],
+        "test_loss": best.get("test_loss"),
+    }
+
+
 def results_record(
     cfg: Any,
     history: list[dict[str, Any]],
-    best: dict[str, Any],
     *,
     params: int,
     data: Any,
     world_size: int,
 ) -> dict[str, Any]:
-    """The content of ``results.json``: the final epoch (the reported number), the best one
-    (informational), the paper's number and what the run was."""
+    """The content of ``results.json``: the test accuracy at the final epoch (the reported
+    number) and, with a val split, at the epoch chosen on val (:func:`val_chosen`); the paper's
+    number and what the run was."""
     last = history[-1] if history else {}
     paper = cfg.paper.top1 or None
     final_top1 = last.get("test_top1")
+    has_val = getattr(data, "val_images", None) is not None
     return {
         "name": cfg.name,
         "arch": cfg.model.arch,
@@ -188,13 +212,15 @@ def results_record(
             "top1": final_top1,
             "top5": last.get("test_top5"),
             "test_loss": last.get("test_loss"),
+            **({"val_top1": last.get("val_top1")} if has_val else {}),
         },
-        "best": best,
+        "val_chosen": val_chosen(history),
         "paper": {"tables": list(cfg.paper.tables), "row": cfg.paper.row, "top1": paper},
         "delta_vs_paper": (final_top1 - paper) if paper and final_top1 is not None else None,
         "params": params,
         "data_source": data.source,
         "num_train": int(data.train_images.shape[0]),
+        "num_val": int(data.val_images.shape[0]) if has_val else 0,
         "num_test": int(data.test_images.shape[0]),
         "world_size": world_size,
         "total_time_s": sum(r["epoch_time_s"] for r in history),
