@@ -14,7 +14,7 @@ from condattn.data.split import holdout_indices, split_validation
 from condattn.train.build import build_augment, load_data
 from condattn.train.config import ConfigError
 from condattn.train.recipe import config_from_dict, load_recipe
-from condattn.train.rundir import val_chosen
+from condattn.train.rundir import results_message, val_chosen
 
 REPO = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST, CLASSES = 200, 40, 10  # 20 train images per class
@@ -191,3 +191,5 @@ def test_a_run_with_a_val_split_selects_on_val_and_reports_final_and_val_chosen(
     assert res["final"]["val_top1"] == rows[-1]["val_top1"]
     assert (res["num_train"], res["num_val"], res["num_test"]) == (300, 100, 50)  # 1 of 4 per class
     assert "best" not in res  # an epoch chosen on the test set is never reported
+    line = results_message(res, tmp_path / "run")
+    assert f"at the epoch chosen on val ({res['val_chosen']['epoch']}, val top1" in line

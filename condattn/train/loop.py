@@ -75,7 +75,13 @@ from condattn.train.config import TrainConfig
 from condattn.train.governor import ThreadGovernor
 from condattn.train.metrics import MetricSums, append_jsonl, write_json
 from condattn.train.progress import Heartbeat, epoch_message, show_progress
-from condattn.train.rundir import config_diff, may_differ, open_run_dir, results_record
+from condattn.train.rundir import (
+    config_diff,
+    may_differ,
+    open_run_dir,
+    results_message,
+    results_record,
+)
 from condattn.train.schedule import PaperSchedule, make_scheduler
 from condattn.train.speed import SpeedPlan, decide, detect
 
@@ -342,17 +348,7 @@ def _fit(run: _Run, *, data: CifarData) -> dict[str, Any]:
     results["wall_time_s_this_start"] = time.perf_counter() - t_run
     if env.is_main:
         write_json(run.run_dir / "results.json", results)
-        chosen = results["val_chosen"]
-        also = (
-            f"; at the epoch chosen on val ({chosen['epoch']}, val top1 "
-            f"{chosen['val_top1']:.2f}) test top1 {chosen['top1']:.2f}"
-            if chosen
-            else ""
-        )
-        log(
-            f"final (reported) test top1 {results['final']['top1']:.2f} top5 "
-            f"{results['final']['top5']:.2f}{also}; results in {run.run_dir}"
-        )
+        log(results_message(results, run.run_dir))
     D.barrier()
     return results
 

@@ -42,6 +42,7 @@ __all__ = [
     "config_diff",
     "may_differ",
     "open_run_dir",
+    "results_message",
     "results_record",
     "run_state",
     "saved_config",
@@ -182,6 +183,21 @@ def val_chosen(history: list[dict[str, Any]]) -> dict[str, Any] | None:
         "top5": best["test_top5"],
         "test_loss": best.get("test_loss"),
     }
+
+
+def results_message(results: dict[str, Any], run_dir: Path) -> str:
+    """The run's last console line: the final (reported) test accuracy, and the val-chosen one."""
+    chosen = results["val_chosen"]
+    also = (
+        f"; at the epoch chosen on val ({chosen['epoch']}, val top1 {chosen['val_top1']:.2f}) "
+        f"test top1 {chosen['top1']:.2f}"
+        if chosen
+        else ""
+    )
+    return (
+        f"final (reported) test top1 {results['final']['top1']:.2f} top5 "
+        f"{results['final']['top5']:.2f}{also}; results in {run_dir}"
+    )
 
 
 def results_record(
