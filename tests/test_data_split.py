@@ -193,3 +193,26 @@ def test_a_run_with_a_val_split_selects_on_val_and_reports_final_and_val_chosen(
     assert "best" not in res  # an epoch chosen on the test set is never reported
     line = results_message(res, tmp_path / "run")
     assert f"at the epoch chosen on val ({res['val_chosen']['epoch']}, val top1" in line
+
+
+def test_report_and_summary_show_the_val_chosen_epoch_never_a_test_chosen_one(
+    tmp_path: Path,
+) -> None:
+    from condattn.cli.report import report_table
+    from condattn.experiments.summary import _chosen_mean
+
+    common = {"name": "r", "arch": "a", "variant": "se_r", "aux_weights": [], "epochs": 3}
+    common |= {"paper": {"top1": None}, "delta_vs_paper": None}
+    new = {
+        **common,
+        "final": {"top1": 50.0, "top5": 80.0},
+        "val_chosen": {"top1": 49.5, "epoch": 2},
+    }
+    old = {**common, "final": {"top1": 50.0, "top5": 80.0}, "best": {"top1": 51.0, "epoch": 2}}
+    for name, res in (("new", new), ("old", old)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(res))
+    table, _ = report_table([tmp_path / "new", tmp_path / "old"])
+    assert "| 49.50 (2) |" in table and "51.00" not in table  # an old test-chosen best: "-"
+    assert _chosen_mean([{"val_chosen_top1": 1.0}, {"val_chosen_top1": 3.0}]) == 2.0
+    assert _chosen_mean([{"val_chosen_top1": 1.0}, {"val_chosen_top1": None}]) is None
