@@ -95,7 +95,10 @@ def build(zoo: str, name: str) -> nn.Module:
     if zoo == "torchvision":
         import torchvision
 
-        return torchvision.models.get_model(name, weights=None)
+        # GoogLeNet and Inception-v3 return their aux classifiers' outputs too in train mode
+        # (a namedtuple, not logits): built without them, as convert's error message advises.
+        extra = {"aux_logits": False} if name in ("googlenet", "inception_v3") else {}
+        return torchvision.models.get_model(name, weights=None, **extra)
     import timm
 
     return timm.create_model(name, pretrained=False)
