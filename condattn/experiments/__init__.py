@@ -14,8 +14,9 @@ This is a consumer layer: ``condattn.train`` never imports it. See docs/howto-co
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from condattn.experiments.summary import (
     summarize,
     write_summary,
 )
+from condattn.train.speed import available_cores
 
 __all__ = [
     "CompareError",
@@ -56,12 +58,12 @@ __all__ = [
 ]
 
 
+logger = logging.getLogger(__name__)  # progress lines (INFO); the CLI shows them
+
+
 def _cores() -> int:
-    """CPU cores this process may use (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS, Windows
-        return os.cpu_count() or 1
+    """CPU cores this process may use (:func:`condattn.train.speed.available_cores`)."""
+    return available_cores()[0]
 
 
 def compare(
@@ -74,7 +76,6 @@ def compare(
     jobs: int = 1,
     synthetic: bool = False,
     data_root: str | None = None,
-    log: Callable[..., None] = print,
 ) -> dict[str, Any]:
     """Trains (or reuses) every ``variant x seed`` run of ``recipe`` and summarises them.
 
@@ -88,7 +89,6 @@ def compare(
             threads unless ``overrides`` set ``system.threads``.
         synthetic: train on the in-memory synthetic stand-in.
         data_root: a CIFAR-100 folder or archive (default: search).
-        log: where progress lines go.
 
     Returns:
         The content of ``compare.json``.
@@ -107,9 +107,9 @@ def compare(
         out_dir=out_dir,
         threads=max(1, _cores() // jobs),
     )
-    run_grid(runs, jobs=jobs, synthetic=synthetic, data_root=data_root, log=log)
+    run_grid(runs, jobs=jobs, synthetic=synthetic, data_root=data_root)
     summary = write_summary(
         out_dir, variants=variants, seeds=seeds, recipe=recipe, overrides=overrides
     )
-    log(f"summary: {Path(out_dir) / 'compare.md'} (.json, .png)")
+    logger.info(f"summary: {Path(out_dir) / 'compare.md'} (.json, .png)")
     return summary

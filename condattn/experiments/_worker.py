@@ -8,6 +8,7 @@ checked the run directory and set the thread budget in the environment; this onl
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 from condattn.train import config_from_dict, train
@@ -20,15 +21,16 @@ def main(argv: list[str]) -> int:
     spec = json.loads(text)
     cfg = config_from_dict(spec["config"])
     data = load_data(cfg, root=spec["data"], synthetic=spec["synthetic"])
-    train(cfg, data=data, run_dir=spec["run_dir"], resume=spec["resume"], log=_log)
+    train(cfg, data=data, run_dir=spec["run_dir"], resume=spec["resume"])
     return 0
 
 
-def _log(*args: object) -> None:
-    print(*args, flush=True)
-
-
 if __name__ == "__main__":
+    # The run's lines into this process's output: the grid's log file for this run.
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.getLogger("condattn").addHandler(handler)
+    logging.getLogger("condattn").setLevel(logging.INFO)
     try:
         sys.exit(main(sys.argv[1:]))
     except Exception as err:  # the parent shows the last line; the traceback stays in the log

@@ -8,16 +8,17 @@ the augmentation and the backbone init depend only on ``system.seed`` (the loade
 added), the variants of one seed see exactly the same data, which is what lets
 :mod:`condattn.experiments.stats` pair them.
 
-Each run directory is in one of four states, decided before anything trains:
+Each run directory is in one of the four states of :mod:`condattn.train.rundir`, decided
+before anything trains (the grid's words for them, :class:`~condattn.train.rundir.RunState`):
 
 - ``new``: nothing there; train it.
 - ``done``: ``results.json`` present; reuse it (a second identical call trains nothing).
 - ``resume``: ``checkpoint.pt`` but no results (killed); continue it with ``resume=True``.
 - ``restart``: started but killed before its first checkpoint; train it from scratch.
 
-A run directory whose ``config.json`` differs from what the grid asks (other than in
-:data:`RUNTIME_KEYS`) is an error that names it and the differing keys: reusing it silently
-would compare something else.
+A run directory whose ``config.json`` differs from what the grid asks (other than in the keys
+:data:`condattn.train.rundir.MAY_DIFFER` allows for reuse) is an error that names it and the
+differing keys: reusing it silently would compare something else.
 """
 
 from __future__ import annotations
@@ -25,20 +26,24 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from condattn.train import TrainConfig, load_recipe
 from condattn.train.config import VARIANTS
+from condattn.train.rundir import RunState, saved_config
+from condattn.train.rundir import config_diff as _diff
+from condattn.train.rundir import run_state as _state_of
+from condattn.train.variants import named_variants, variant_overrides
 
 __all__ = [
-    "RUNTIME_KEYS",
     "CompareError",
     "GridRun",
     "config_diff",
@@ -51,9 +56,8 @@ __all__ = [
     "run_state",
 ]
 
-# Config keys that change how a run executes, not what it computes: a reused or resumed run may
-# differ in them (threads follow --jobs; a resumed run keeps the thread count it started with).
-RUNTIME_KEYS = frozenset({("system", "threads"), ("system", "progress")})
+logger = logging.getLogger(__name__)  # progress lines (INFO)
+
 # Override keys the grid sets itself; the user chooses them with --variants and --seeds.
 _GRID_KEYS = {
     "model.variant": "--variants",
@@ -67,14 +71,20 @@ class CompareError(ValueError):
     """A comparison cannot go on (bad grid, a run directory that does not match, a failed run)."""
 
 
-def parse_variants(text: str) -> tuple[str, ...]:
-    """``"se,se_a,se_r"`` -> ``("se", "se_a", "se_r")``; unknown or repeated names are refused."""
+def parse_variants(text: str, recipe: str | os.PathLike[str] | None = None) -> tuple[str, ...]:
+    """``"se,se_a,se_r"`` -> ``("se", "se_a", "se_r")``; unknown or repeated names are refused.
+
+    Besides the built-in variants, the names of ``recipe``'s ``[variants.NAME]`` tables are valid
+    (:mod:`condattn.train.variants`).
+    """
     names = tuple(v.strip() for v in text.split(",") if v.strip())
-    bad = [v for v in names if v not in VARIANTS]
+    valid = [*VARIANTS, *(named_variants(recipe) if recipe is not None else {})]
+    bad = [v for v in names if v not in valid]
     if bad or not names:
         raise CompareError(
             f"--variants: unknown variant(s) {', '.join(map(repr, bad)) or repr(text)}; "
-            f"valid: {', '.join(VARIANTS)} (comma-separated, e.g. se,se_a,se_r)"
+            f"valid: {', '.join(valid)} (comma-separated, e.g. se,se_a,se_r; a recipe names "
+            "more with [variants.NAME] tables)"
         )
     if len(set(names)) != len(names):
         raise CompareError(f"--variants: {text!r} names a variant twice")
@@ -129,7 +139,8 @@ def plan_grid(
 
     Args:
         recipe: the recipe every run starts from.
-        variants: the ``model.variant`` values (see :func:`parse_variants`).
+        variants: built-in ``model.variant`` values or the recipe's named variants (see
+            :func:`parse_variants`).
         seeds: the ``system.seed`` values.
         overrides: the user's ``--set`` items, applied before the grid's own.
         out_dir: the comparison directory.
@@ -147,6 +158,7 @@ def plan_grid(
         raise CompareError(
             f"--set {key}=... clashes with the grid; choose it with {_GRID_KEYS[key]}"
         )
+    named = named_variants(recipe)
     own = ["system.progress=off"]
     if threads and not keys & {"system.threads", "threads"}:
         own.append(f"system.threads={threads}")
@@ -154,7 +166,9 @@ def plan_grid(
         GridRun(
             variant=v,
             seed=s,
-            cfg=load_recipe(recipe, [*overrides, *own, f"model.variant={v}", f"system.seed={s}"]),
+            cfg=load_recipe(
+                recipe, [*overrides, *own, *variant_overrides(v, named), f"system.seed={s}"]
+            ),
             run_dir=run_dir_for(out_dir, v, s),
         )
         for s in seeds
@@ -163,47 +177,36 @@ def plan_grid(
 
 
 def config_diff(asked: dict[str, Any], saved: dict[str, Any]) -> list[str]:
-    """``key: run has X, grid asks Y`` for each key (outside RUNTIME_KEYS) that differs.
-
-    A key missing from ``saved`` (a run made before that field existed, e.g. ``model.kwargs`` or
-    ``data.dataset``) counts as the field's default.
-    """
-    defaults = TrainConfig().to_dict()
-    diffs = []
-    for section, values in asked.items():
-        if not isinstance(values, dict):  # the run's name
-            if saved.get(section) != values:
-                diffs.append(f"{section}: run has {saved.get(section)!r}, grid asks {values!r}")
-            continue
-        for key, value in values.items():
-            have = saved.get(section, {}).get(key, defaults.get(section, {}).get(key))
-            if (section, key) not in RUNTIME_KEYS and have != value:
-                diffs.append(f"{section}.{key}: run has {have!r}, grid asks {value!r}")
-    return diffs
+    """``key: run has X, grid asks Y`` for each key that differs where a reused run may not
+    (:func:`condattn.train.rundir.config_diff`, purpose ``"reuse"``)."""
+    return [
+        f"{key}: run has {have!r}, grid asks {want!r}"
+        for key, have, want in _diff(asked, saved, purpose="reuse")
+    ]
 
 
-def run_state(run: GridRun) -> str:
-    """``"new"``, ``"done"``, ``"resume"`` or ``"restart"`` (see the module docstring).
+def run_state(run: GridRun) -> RunState:
+    """The run directory's :class:`~condattn.train.rundir.RunState` (``"new"``, ``"done"``,
+    ``"resume"`` or ``"restart"``; see the module docstring).
 
     Raises:
         CompareError: the directory holds a run of another config; the message names the
             directory and the differing keys.
     """
     d = run.run_dir
-    cfg_path = d / "config.json"
-    if not cfg_path.is_file():
-        if (d / "checkpoint.pt").exists() or (d / "results.json").exists():
+    state = _state_of(d)
+    saved = saved_config(d) if state is not RunState.EMPTY else None
+    if saved is None:
+        if state in (RunState.STARTED, RunState.FINISHED):
             raise CompareError(f"{d} holds a run without config.json; move it away or delete it")
-        return "new"
-    diffs = config_diff(run.cfg.to_dict(), json.loads(cfg_path.read_text()))
+        return state
+    diffs = config_diff(run.cfg.to_dict(), saved)
     if diffs:
         raise CompareError(
             f"{d} holds a run of another config than the grid asks ({'; '.join(diffs)}); "
             "pass another --out, or delete that directory to retrain it"
         )
-    if (d / "results.json").is_file():
-        return "done"
-    return "resume" if (d / "checkpoint.pt").is_file() else "restart"
+    return state
 
 
 def _saved_threads(run: GridRun) -> GridRun:
@@ -244,12 +247,12 @@ def _failure(run: GridRun, why: str, log_path: Path) -> str:
     )
 
 
-def _train_in_process(run: GridRun, *, resume: bool, data: Any, log_path: Path, log) -> str:
+def _train_in_process(run: GridRun, *, resume: bool, data: Any, log_path: Path) -> str:
     """Trains one run here; returns '' or the one-line failure (traceback in ``log_path``)."""
     from condattn.train import train
 
     try:
-        train(run.cfg, data=data, run_dir=run.run_dir, resume=resume, log=log)
+        train(run.cfg, data=data, run_dir=run.run_dir, resume=resume)
     except Exception as err:  # a crash inside one run: one line here, the traceback in the log
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text(traceback.format_exc())
@@ -296,8 +299,7 @@ def run_grid(
     jobs: int = 1,
     synthetic: bool = False,
     data_root: str | None = None,
-    log: Callable[..., None] = print,
-) -> dict[str, str]:
+) -> dict[str, RunState]:
     """Trains what the grid still lacks; returns each run's state before this call.
 
     Args:
@@ -305,7 +307,8 @@ def run_grid(
         jobs: runs trained side by side, each in its own process (1: one after another, here).
         synthetic: train on the synthetic stand-in (``train --synthetic``).
         data_root: a CIFAR-100 folder or archive (``train --data``).
-        log: where progress lines go.
+
+    Progress lines go to the ``condattn.experiments.grid`` logger (INFO).
 
     Raises:
         CompareError: a run directory does not match the grid, or runs failed (one line each).
@@ -317,43 +320,45 @@ def run_grid(
     states = {run.label: run_state(run) for run in runs}  # every check before any training
     data = load_data(runs[0].cfg, root=data_root, synthetic=synthetic)
     for run in runs:
-        if states[run.label] == "done":
+        if states[run.label] is RunState.FINISHED:
             _check_data(run, data)
-    todo = [r for r in runs if states[r.label] != "done"]
-    counts = {s: sum(v == s for v in states.values()) for s in ("done", "resume", "restart", "new")}
-    log(
+    todo = [r for r in runs if states[r.label] is not RunState.FINISHED]
+    counts = {s.value: sum(v is s for v in states.values()) for s in RunState}
+    logger.info(
         f"compare: {len(runs)} runs: {counts['done']} done (reused), {counts['resume']} to "
         f"resume, {counts['restart'] + counts['new']} to train; data: {data.source}"
     )
-    todo = [_saved_threads(r) if states[r.label] == "resume" else r for r in todo]
+    todo = [_saved_threads(r) if states[r.label] is RunState.STARTED else r for r in todo]
     failures = _execute(
-        todo, states=states, jobs=jobs, synthetic=synthetic, data_root=data_root, data=data, log=log
+        todo, states=states, jobs=jobs, synthetic=synthetic, data_root=data_root, data=data
     )
     if failures:
         raise CompareError(f"{len(failures)} of {len(todo)} run(s) failed:\n" + "\n".join(failures))
     return states
 
 
-def _execute(todo, *, states, jobs, synthetic, data_root, data, log) -> list[str]:
+def _execute(todo, *, states, jobs, synthetic, data_root, data) -> list[str]:
     """Runs ``todo`` one by one here (jobs=1) or in ``jobs`` child processes; the failures."""
     failures: list[str] = []
 
     def one(i: int, run: GridRun) -> None:
-        resume = states[run.label] == "resume"
-        log(f"[{i}/{len(todo)}] {'resume' if resume else 'train'} {run.label} -> {run.run_dir}")
+        resume = states[run.label] is RunState.STARTED
+        what = "resume" if resume else "train"
+        logger.info(f"[{i}/{len(todo)}] {what} {run.label} -> {run.run_dir}")
         log_path = log_path_for(run)
         t0 = time.perf_counter()
         if jobs == 1:
-            err = _train_in_process(run, resume=resume, data=data, log_path=log_path, log=log)
+            err = _train_in_process(run, resume=resume, data=data, log_path=log_path)
         else:
             err = _train_in_child(
                 run, resume=resume, synthetic=synthetic, data_root=data_root, log_path=log_path
             )
         if err:
             failures.append(err)
-            log(err)
+            logger.info(err)
         else:
-            log(f"[{i}/{len(todo)}] {run.label} finished in {time.perf_counter() - t0:.0f} s")
+            took = time.perf_counter() - t0
+            logger.info(f"[{i}/{len(todo)}] {run.label} finished in {took:.0f} s")
 
     if jobs == 1:
         for i, run in enumerate(todo, 1):
