@@ -19,6 +19,8 @@ from condattn.losses import DeepSupervisionLoss
 from condattn.models import create_model, is_external
 from condattn.outputs import CondOutput
 from condattn.train.config import ConfigError, DataConfig, ModelConfig, TrainConfig
+from condattn.transform.add_attention import add_attention
+from condattn.transform.config import ConvertConfig
 from condattn.transform.convert import convert, get_config
 from condattn.transform.discovery import list_attention
 from condattn.transform.mappings import swappable_types
@@ -173,12 +175,31 @@ def _check_augment_options(d: DataConfig, kind: str) -> None:
             )
 
 
+def convert_options(m: ModelConfig, *, num_classes: int) -> ConvertConfig:
+    """The recipe's ``[model]`` table as :class:`~condattn.ConvertConfig`: every option of the
+    same name is taken as it is (a new conversion option needs only its ``ModelConfig`` key);
+    the others are translated here."""
+    same = {k: getattr(m, k) for k in ConvertConfig().options() if hasattr(m, k)}
+    return ConvertConfig(
+        **{
+            **same,
+            "aux_at": "auto" if m.auto_aux_at else tuple(m.aux_at),
+            "num_classes": num_classes,
+            "conditioned": m.variant == "se_r",
+            "cond_rank": m.cond_rank or None,  # TOML has no None: 0 feeds T whole
+            "aux_head": m.aux_head or {},
+            "init": m.cond_init,
+        }
+    )
+
+
 def build_model(cfg: TrainConfig, *, num_classes: int) -> nn.Module:
     """Creates ``model.arch`` and converts it for the variant.
 
     ``model.arch`` is a condattn zoo name (built with ``model.r`` and ``model.widths``),
     ``timm:NAME`` or ``torchvision:NAME`` (random weights); ``model.kwargs`` go to its
-    constructor either way.
+    constructor either way. With ``model.add_attention`` (a kind), :func:`condattn.add_attention`
+    first inserts that attention (reduction ``model.r``, at ``model.add_attention_at``).
 
     - ``se``: the plain model (its tensor output is wrapped by :func:`as_output`); for a model
       without attention this is the baseline;
@@ -201,6 +222,9 @@ def build_model(cfg: TrainConfig, *, num_classes: int) -> nn.Module:
         if m.widths:
             kwargs["widths"] = tuple(m.widths)
     net = create_model(m.arch, **kwargs)
+    if m.add_attention:  # a plain CNN: its attention first, then the variant
+        at = "auto" if m.add_attention_at == ("auto",) else list(m.add_attention_at)
+        net = add_attention(net, kind=m.add_attention, at=at, r=m.r, init=m.add_attention_init)
     if m.variant == "se":
         return net
     if m.variant == "se_r":
@@ -208,16 +232,7 @@ def build_model(cfg: TrainConfig, *, num_classes: int) -> nn.Module:
     aux_model = create_model(m.aux_model, num_classes=num_classes) if m.aux_model else None
     converted = convert(
         net,
-        aux_at="auto" if m.auto_aux_at else list(m.aux_at),
-        num_classes=num_classes,
-        conditioned=m.variant == "se_r",
-        cond=m.cond,
-        cond_mode=m.cond_mode,
-        cond_rank=m.cond_rank or None,
-        detach_cond=m.detach_cond,
-        aux_dropout=m.aux_dropout,
-        aux_head=m.aux_head or None,
-        init=m.cond_init,
+        convert_options(m, num_classes=num_classes),
         aux_model=aux_model,
         feeds=_feeds(net, m) if m.aux_model_feeds else None,
     )
