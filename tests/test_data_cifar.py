@@ -19,6 +19,7 @@ from condattn.data import (
     CifarDataError,
     CifarNotFoundError,
     channel_stats,
+    cifar_archive,
     find_cifar100,
     load_cifar100,
     synthetic_cifar100,
@@ -110,7 +111,7 @@ def test_archive_is_extracted_once_and_never_next_to_itself(
     def no_extract(*args, **kwargs):
         raise AssertionError("re-extracted an archive that is already cached")
 
-    monkeypatch.setattr(cifar_mod, "_extract_archive", no_extract)
+    monkeypatch.setattr(cifar_archive, "extract_archive", no_extract)
     second = load_cifar100(archive.parent, cache_dir=cache)
     assert "cached" in second.source
     assert torch.equal(first.train_images, second.train_images)
