@@ -30,6 +30,7 @@ __all__ = [
     "build_loss",
     "build_model",
     "build_optimizer",
+    "create_base",
     "load_data",
 ]
 
@@ -170,12 +171,7 @@ def build_model(cfg: TrainConfig, *, num_classes: int) -> nn.Module:
             ``aux_at = "auto"`` placing another number of heads than the config expects.
     """
     m = cfg.model
-    kwargs: dict[str, object] = {**m.kwargs, "num_classes": num_classes}
-    if not is_external(m.arch):  # r and widths configure condattn's zoo only
-        kwargs["r"] = m.r
-        if m.widths:
-            kwargs["widths"] = tuple(m.widths)
-    net = create_model(m.arch, **kwargs)
+    net = create_base(cfg, num_classes=num_classes)
     if m.variant == "se":
         return net
     if m.variant == "se_r":
@@ -204,6 +200,18 @@ def build_model(cfg: TrainConfig, *, num_classes: int) -> nn.Module:
             f"expects {cfg.num_heads} aux output(s); list model.aux_at (and loss.aux_weights)"
         )
     return converted
+
+
+def create_base(cfg: TrainConfig, *, num_classes: int) -> nn.Module:
+    """``model.arch`` as built, before any conversion (``model.kwargs``; ``model.r`` and
+    ``model.widths`` for condattn's zoo)."""
+    m = cfg.model
+    kwargs: dict[str, object] = {**m.kwargs, "num_classes": num_classes}
+    if not is_external(m.arch):  # r and widths configure condattn's zoo only
+        kwargs["r"] = m.r
+        if m.widths:
+            kwargs["widths"] = tuple(m.widths)
+    return create_model(m.arch, **kwargs)
 
 
 def _feeds(net: nn.Module, m: ModelConfig) -> dict[str, list[str]]:
