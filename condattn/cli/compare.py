@@ -19,8 +19,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help=DATA_HELP)
     p.add_argument("--synthetic", action="store_true", help="use the synthetic CIFAR-100 stand-in")
     p.add_argument("--out", help="comparison directory (default: runs/compare/<recipe>)")
-    p.add_argument("--variants", default="se,se_a,se_r", help="comma-separated: se, se_a, se_r")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated integers, e.g. 0,1,2")
+    p.add_argument(
+        "--variants",
+        default="se,se_a,se_r",
+        help="comma-separated: se, se_a, se_r (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seeds", default="0,1,2", help="comma-separated integers (default: %(default)s)"
+    )
     p.add_argument("--jobs", type=int, default=1, help="runs trained side by side (processes)")
 
 
