@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -132,6 +133,7 @@ def test_console_script_smoke(data_dir: Path, tmp_path: Path) -> None:
         text=True,
         timeout=120,
         cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},  # this checkout's code, not an installed one
     )
     assert proc.returncode == 0, proc.stderr
     assert "final (reported) test top1" in proc.stdout
