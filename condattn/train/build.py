@@ -254,7 +254,9 @@ def build_loss(cfg: TrainConfig) -> DeepSupervisionLoss:
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.SGD:
-    """SGD with Nesterov momentum and weight decay on every parameter (paper section 4)."""
+    """SGD with Nesterov momentum (paper section 4) and weight decay 5e-4 (section 4) on every
+    parameter, BatchNorm weights and biases included: the paper does not say which parameters
+    it decays, so this is the project's choice (docs/concepts.md, "our choices")."""
     o = cfg.optim
     return torch.optim.SGD(
         model.parameters(),
