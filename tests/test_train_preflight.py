@@ -91,6 +91,10 @@ def test_a_finished_run_keeps_no_optimizer_state(finished, tmp_path, capsys) -> 
     state = load_checkpoint(run)
     assert "optimizer" not in state and state["epoch"] == 2
     assert {"model", "config", "scheduler", "rng", "best"} <= state.keys()
+    weights = sum(t.numel() * t.element_size() for t in state["model"].values())
+    # the weights once, not twice (SGD's momentum is as large): the file is about half of what
+    # a resumable checkpoint takes
+    assert (run / "checkpoint.pt").stat().st_size < 1.1 * weights + 100_000
     model = model_from_checkpoint(state, num_classes=100)  # what eval and analyze rebuild
     assert isinstance(model(torch.zeros(1, 3, 32, 32)).logits, torch.Tensor)
     assert main(["eval", str(run / "checkpoint.pt"), "--synthetic"]) == 0
