@@ -6,7 +6,8 @@ Run directory (written by rank 0 only)::
     environment.json           device, torch, git SHA, threads, host, and the speed plan
                                (precision, channels_last, compile, threads: why each) per start
     metrics.jsonl              one line per epoch (losses, lr, train/test top-1/top-5, timings)
-    checkpoint.pt              written atomically after every epoch; ``resume=True`` continues it
+    checkpoint.pt              written atomically after every epoch; ``resume=True`` continues it;
+                               once finished, without the optimizer state (system.keep_optimizer)
     curves.png                 train and test top-1 error vs epoch (paper Figs. 3-5)
     results.json               final AND best epoch; the final one is the reported number (our
                                choice: the paper does not say; picking the best would select on
