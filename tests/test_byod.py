@@ -192,7 +192,7 @@ def test_compare_reuses_runs_saved_before_the_new_fields() -> None:
 def test_profile_takes_external_names(capsys, name: str, extra: list[str]) -> None:
     assert main(["profile", name, "--variant", "se_r", *extra]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"{name} variant=se_r ") and ": params" in out and " r=" not in out
+    assert out.startswith(f"{name} variant=se_r: params") and " r=" not in out
     size = extra[-1] if extra else "32"
     assert f"input 1x3x{size}x{size}" in out
     # the zoo's r does not apply to them: one line naming the keys to use instead
