@@ -8,6 +8,7 @@
 # First, before anything loads torch: the `condattn` command's OpenMP settings.
 from condattn import _omp_env  # noqa: F401  # isort: skip
 from condattn import models, nn
+from condattn._version import __version__ as __version__  # torch-free: condattn --version
 from condattn.losses import DeepSupervisionLoss, LossParts
 from condattn.outputs import CondOutput
 from condattn.profiling import count_macs, count_params
@@ -27,8 +28,6 @@ from condattn.transform.mappings import (
     unregister_attention,
 )
 from condattn.transform.serialization import LoadResult, load, load_base_state_dict, save
-
-__version__ = "0.2.0"
 
 __all__ = [
     "CondOutput",

@@ -4,8 +4,9 @@ OpenMP reads its environment when the library is loaded, so later settings do no
 module is imported first of all by ``condattn/__init__.py``: when this process is the
 ``condattn`` command (console script or ``python -m condattn.cli``), it shortens OpenMP's
 spin-waiting (:func:`apply_thread_env`); a program that merely imports condattn keeps its
-environment as it is. It must never import torch, and this is the only import-time work of the
-package.
+environment as it is; ``condattn --version`` is answered here and exits, so that it never
+waits for torch (:func:`answer_version_flag`). It must never import torch, and this is the only
+import-time work of the package.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 __all__ = [
     "THREAD_ENV_DEFAULTS",
+    "answer_version_flag",
     "apply_thread_env",
     "apply_thread_env_for_cli",
     "is_cli_process",
@@ -101,4 +103,19 @@ def set_by_condattn() -> dict[str, str]:
     return dict(_THREAD_ENV["set"])
 
 
+def answer_version_flag(
+    argv: Sequence[str] | None = None, orig_argv: Sequence[str] | None = None
+) -> None:
+    """``condattn --version``: prints the version line and exits, before the package imports
+    torch (seconds); any other command line, or a program importing condattn, goes on."""
+    argv = sys.argv if argv is None else argv
+    orig = getattr(sys, "orig_argv", ()) if orig_argv is None else orig_argv
+    if list(argv[1:]) == ["--version"] and is_cli_process(argv, orig):
+        from condattn._version import version_line
+
+        print(version_line())
+        sys.exit(0)
+
+
 apply_thread_env_for_cli()
+answer_version_flag()

@@ -3,7 +3,8 @@
 Usage::
 
     python recipes/run_table.py 3 --seeds 3                       # Table 3, seeds 0, 1, 2
-    python recipes/run_table.py 8 --seeds 2 --set optim.epochs=50 --data /path/to/cifar
+    python recipes/run_table.py 8 --seeds 2 --set optim.epochs=50 \
+        --set "optim.milestones=[0.3,0.6,0.8]" --data /path/to/cifar   # the steps as fractions
     python recipes/run_table.py 6 --seeds 1 --dry-run             # print the commands only
     python recipes/run_table.py 6 --seeds 3 --summarize-only      # tables from finished runs
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from pathlib import Path
@@ -274,7 +275,9 @@ def test_val_classes_differ_from_train(root: Path, cache: Path) -> None:
     assert str(root / "train") in msg and str(root / "val") in msg and "'yak'" in msg
 
 
-def test_corrupt_image_is_named_or_skipped_and_counted(root: Path, cache: Path) -> None:
+def test_corrupt_image_is_named_or_skipped_and_counted(
+    root: Path, cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     bad = root / "train" / "emu" / "img_02.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
     with pytest.raises(DataError, match="cannot decode image") as info:
@@ -282,8 +285,11 @@ def test_corrupt_image_is_named_or_skipped_and_counted(root: Path, cache: Path) 
     msg = str(info.value)
     assert str(bad) in msg and "skip_bad_images" in msg and "\n" not in msg
     assert not cache.exists(), "a failed decoding must leave no cache folder behind"
-    data = _load(root, cache, skip_bad_images=True)
+    with caplog.at_level(logging.INFO, logger="condattn.data.imagefolder"):
+        data = _load(root, cache, skip_bad_images=True)
     assert data.train_images.shape[0] == 17
+    kept = data.train_images.shape[0] + data.test_images.shape[0]  # the log counts what is kept
+    assert f"decoded {kept} of {kept + 1} images (1 unreadable, skipped) of {root}" in caplog.text
     assert torch.bincount(data.train_labels).tolist() == [6, 6, 5]
     assert "skipped 1 unreadable" in data.source and str(bad) in data.source
 

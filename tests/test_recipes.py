@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from condattn.train.config import milestone_epochs
 from condattn.train.recipe import list_recipes, load_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -113,7 +114,9 @@ def test_every_recipe_resolves(configs: dict) -> None:
             continue
         o = cfg.optim  # the paper's section 4 schedule, inherited from base.toml
         if Path(name).parts[0] == "evidence":  # scaled in time: lr steps at the same fractions
-            assert o.milestones == tuple(math.ceil(m * o.epochs / 200) for m in (60, 120, 160))
+            assert o.milestones == (0.3, 0.6, 0.8), name  # the paper's 60/120/160 of 200
+            paper = tuple(math.ceil(m * o.epochs / 200) for m in (60, 120, 160))
+            assert milestone_epochs(o) == paper, name
             assert (o.lr, o.batch_size, o.gamma, o.warmup_epochs) == (0.1, 128, 0.2, 1), name
             assert (o.momentum, o.nesterov, o.weight_decay) == (0.9, True, 5e-4), name
             continue

@@ -120,7 +120,8 @@ def test_unknown_recipe_lists_recipes() -> None:
 
 
 def test_inheritance_and_cycles(tmp_path: Path) -> None:
-    (tmp_path / "a.toml").write_text("[optim]\nepochs = 7\nlr = 0.2\n[model]\nr = 16\n")
+    a = "[optim]\nepochs = 7\nmilestones = [0.5]\nlr = 0.2\n[model]\nr = 16\n"
+    (tmp_path / "a.toml").write_text(a)
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.toml").write_text('base = "../a.toml"\n[optim]\nlr = 0.3\n')
     cfg = load_recipe(tmp_path / "sub" / "b.toml", ["model.r=4"])

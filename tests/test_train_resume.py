@@ -27,6 +27,7 @@ SETS = [
     "data.train_subset=0",
     "system.threads=1",
     "system.deterministic=true",
+    "system.keep_optimizer=true",  # a finished run keeps its momentum: compared below
     "system.progress=off",
 ]
 

@@ -56,13 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    import platform
+    from condattn._version import version_line
 
-    import torch
-
-    from condattn import __version__
-
-    return f"condattn {__version__} (torch {torch.__version__}, python {platform.python_version()})"
+    return version_line()  # the same line the console script prints before torch loads
 
 
 def main(argv: Sequence[str] | None = None) -> int:

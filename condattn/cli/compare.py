@@ -22,9 +22,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--variants",
         default="se,se_a,se_r",
-        help="comma-separated: se, se_a, se_r, or a [variants.NAME] of the recipe",
+        help="comma-separated: se, se_a, se_r, or a [variants.NAME] of the recipe "
+        "(default: %(default)s)",
     )
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated integers, e.g. 0,1,2")
+    p.add_argument(
+        "--seeds", default="0,1,2", help="comma-separated integers (default: %(default)s)"
+    )
     p.add_argument("--jobs", type=int, default=1, help="runs trained side by side (processes)")
 
 

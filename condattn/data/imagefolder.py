@@ -373,7 +373,9 @@ def _cached_or_decoded(
     finally:
         close()
     verb = "decoded into" if _write_cache(blob, path) else "decoded (not cached) for"
-    logger.info(f"decoded {total} images of {root} ({verb} {path})")
+    bad = len(blob["skipped"])
+    count = f"{total - bad} of {total} images ({bad} unreadable, skipped)" if bad else total
+    logger.info(f"decoded {count}{'' if bad else ' images'} of {root} ({verb} {path})")
     return blob, verb
 
 

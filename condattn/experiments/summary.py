@@ -31,6 +31,7 @@ __all__ = [
     "is_compare_dir",
     "label",
     "plot_error_curves",
+    "plot_title",
     "refresh_summary",
     "render_markdown",
     "summarize",
@@ -398,6 +399,14 @@ def plot_error_curves(
 # --- files -------------------------------------------------------------------------------------
 
 
+def plot_title(conditions: Mapping[str, Any]) -> str:
+    """compare.png's title: the model and the data's size, not its source (a cache path that
+    would run off the figure; compare.md keeps the source)."""
+    c = conditions
+    size = f"{c['num_train']} train / {c['num_test']} test images"
+    return f"{c['model']}: {size}, {c['epochs']} epochs"
+
+
 def write_summary(
     out_dir: str | os.PathLike[str],
     *,
@@ -414,7 +423,7 @@ def write_summary(
     atomic_write_text(out_dir / "compare.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(out_dir / "compare.md", render_markdown(summary))
     c = summary["conditions"]
-    plot_error_curves(histories, out_dir / "compare.png", title=f"{c['model']}, {c['data_source']}")
+    plot_error_curves(histories, out_dir / "compare.png", title=plot_title(c))
     return summary
 
 

@@ -117,8 +117,9 @@ def init_cond_columns(weight: Tensor, cond_dim: int, init: str) -> None:
     """Initialise the T-columns ``weight[:, :cond_dim]`` of a layer whose input is ``[T; z]``.
 
     ``"zeros"`` makes the twin compute exactly its source's function. ``"default"`` draws them
-    like PyTorch's default Linear/Conv init for the whole layer (fan-in includes T), i.e. what a
-    network built from scratch with ``cond_dim`` more inputs to W1 would get.
+    like PyTorch's default Linear/Conv init for the widened layer (fan-in ``cond_dim + C``); the
+    other columns and the bias keep the source's init (fan-in C), so only the T-columns look
+    like a layer built from scratch with ``cond_dim`` more inputs.
     """
     init_cond_matrix(weight[:, :cond_dim], init=init, fan_in=weight[0].numel())
 

@@ -32,6 +32,7 @@ __all__ = [
     "build_loss",
     "build_model",
     "build_optimizer",
+    "create_base",
     "load_data",
 ]
 
@@ -216,15 +217,7 @@ def build_model(cfg: TrainConfig, *, num_classes: int) -> nn.Module:
             ``aux_at = "auto"`` placing another number of heads than the config expects.
     """
     m = cfg.model
-    kwargs: dict[str, object] = {**m.kwargs, "num_classes": num_classes}
-    if not is_external(m.arch):  # r and widths configure condattn's zoo only
-        kwargs["r"] = m.r
-        if m.widths:
-            kwargs["widths"] = tuple(m.widths)
-    net = create_model(m.arch, **kwargs)
-    if m.add_attention:  # a plain CNN: its attention first, then the variant
-        at = "auto" if m.add_attention_at == ("auto",) else list(m.add_attention_at)
-        net = add_attention(net, kind=m.add_attention, at=at, r=m.r, init=m.add_attention_init)
+    net = create_base(cfg, num_classes=num_classes)
     if m.variant == "se":
         return net
     if m.variant == "se_r":
@@ -244,6 +237,22 @@ def build_model(cfg: TrainConfig, *, num_classes: int) -> nn.Module:
             f"expects {cfg.num_heads} aux output(s); list model.aux_at (and loss.aux_weights)"
         )
     return converted
+
+
+def create_base(cfg: TrainConfig, *, num_classes: int) -> nn.Module:
+    """``model.arch`` as built, before the variant's conversion (``model.kwargs``; ``model.r``
+    and ``model.widths`` for condattn's zoo; ``model.add_attention`` for a plain CNN)."""
+    m = cfg.model
+    kwargs: dict[str, object] = {**m.kwargs, "num_classes": num_classes}
+    if not is_external(m.arch):  # r and widths configure condattn's zoo only
+        kwargs["r"] = m.r
+        if m.widths:
+            kwargs["widths"] = tuple(m.widths)
+    net = create_model(m.arch, **kwargs)
+    if m.add_attention:  # a plain CNN: its attention first, then the variant
+        at = "auto" if m.add_attention_at == ("auto",) else list(m.add_attention_at)
+        net = add_attention(net, kind=m.add_attention, at=at, r=m.r, init=m.add_attention_init)
+    return net
 
 
 def _feeds(net: nn.Module, m: ModelConfig) -> dict[str, list[str]]:
@@ -286,7 +295,9 @@ def build_loss(cfg: TrainConfig) -> DeepSupervisionLoss:
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.SGD:
-    """SGD with Nesterov momentum and weight decay on every parameter (paper section 4)."""
+    """SGD with Nesterov momentum (paper section 4) and weight decay 5e-4 (section 4) on every
+    parameter, BatchNorm weights and biases included: the paper does not say which parameters
+    it decays, so this is the project's choice (docs/concepts.md, "our choices")."""
     o = cfg.optim
     return torch.optim.SGD(
         model.parameters(),

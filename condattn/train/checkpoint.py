@@ -13,10 +13,12 @@ reads :func:`condattn.save` files.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
 import re
+import shutil
 import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -40,6 +42,7 @@ __all__ = [
     "CHECKPOINT_NAME",
     "CheckpointError",
     "LoadedModel",
+    "NoSpaceError",
     "apply_init_weights",
     "checkpoint_file",
     "file_kind",
@@ -59,6 +62,10 @@ FORMAT_VERSION = 2
 
 class CheckpointError(ValueError):
     """A file that is not a readable condattn checkpoint; the message is one line."""
+
+
+class NoSpaceError(CheckpointError):
+    """The disk filled up while a checkpoint was written; the previous one is intact."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -138,8 +145,46 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None
 
     A crash leaves either the old or the new checkpoint, never a torn one
     (:func:`condattn._io.atomic_torch_save`).
+
+    Raises:
+        NoSpaceError: the disk is full (torch's ``inline_container.cc`` error over ``OSError:
+            [Errno 28]``); one line: the folder, the space the file needs, and ``--resume``.
     """
-    atomic_torch_save({"format_version": FORMAT_VERSION, **state}, path)
+    try:
+        atomic_torch_save({"format_version": FORMAT_VERSION, **state}, path)
+    except (OSError, RuntimeError) as err:
+        if not _no_space(err):
+            raise
+        folder = Path(path).resolve().parent
+        need = _tensor_bytes(state) / 1e6
+        raise NoSpaceError(
+            f"no space left in {folder} to write {Path(path).name} (it needs about {need:.0f} MB, "
+            f"{shutil.disk_usage(folder).free / 1e6:.0f} MB free); the previous checkpoint there "
+            "is intact: free some space, then continue the run with --resume"
+        ) from None
+
+
+def _no_space(err: BaseException) -> bool:
+    """Whether ``err`` or an exception it was raised from or during is a full disk."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """The bytes of the tensors in a nested dict/list (what ``torch.save`` writes, roughly)."""
+    if isinstance(obj, Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, Mapping):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,8 @@ __all__ = [
     "PaperConfig",
     "SystemConfig",
     "TrainConfig",
+    "check_schedule",
+    "milestone_epochs",
     "upgrade_keys",
     "validate",
 ]
@@ -158,7 +161,9 @@ class OptimConfig:
     # Linear per-step warm-up over the first epoch (paper section 4, after He et al.).
     warmup_epochs: int = 1
     # lr is multiplied by gamma after this many finished epochs: /5 from epoch 61, 121, 161.
-    milestones: tuple[int, ...] = (60, 120, 160)
+    # Integers are epochs; values in (0, 1) are fractions of the run (0.3, 0.6, 0.8 = the
+    # paper's 60/120/160 of 200), so a shorter budget keeps its decay (milestone_epochs).
+    milestones: tuple[int | float, ...] = (60, 120, 160)
     gamma: float = 0.2
 
 
@@ -237,6 +242,11 @@ class SystemConfig:
     eval_batch_size: int = 1000
     # Progress bars: "auto" shows them only when stdout is a terminal.
     progress: str = "auto"
+    # Keep the optimizer state (SGD's momentum, as large as the weights) in checkpoint.pt once
+    # the run has finished. Off: a finished run keeps its weights, schedule position and RNG
+    # state only (eval, analyze, init_from and compare's reuse need no more); extending it with
+    # --resume and more epochs then restarts the momentum from zero.
+    keep_optimizer: bool = False
 
 
 @dataclass(frozen=True)
@@ -402,14 +412,47 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         if not ok:
             need = "> 0" if key == "lr" else ">= 1"
             raise ConfigError(f"optim.{key} must be {need}, got {value}")
-    if list(o.milestones) != sorted(set(o.milestones)) or any(x < 1 for x in o.milestones):
-        raise ConfigError(f"optim.milestones must be increasing epochs >= 1, got {o.milestones}")
+    _check_milestones(list(o.milestones))
     if not 0 <= o.warmup_epochs <= o.epochs:
         raise ConfigError(f"optim.warmup_epochs must lie in [0, epochs], got {o.warmup_epochs}")
     if min(cfg.data.train_subset, cfg.data.test_subset, cfg.system.threads) < 0:
         raise ConfigError("data.train_subset, data.test_subset and system.threads must be >= 0")
     _check_data(cfg.data)
     return cfg
+
+
+def _check_milestones(ms: list[int | float]) -> None:
+    """All epochs (integers >= 1) or all fractions of the run (0 < f < 1), increasing."""
+    fractions = [m for m in ms if 0 < m < 1]
+    epochs = [m for m in ms if m >= 1 and float(m).is_integer()]
+    if ms != sorted(set(ms)) or len(fractions) + len(epochs) != len(ms) or (fractions and epochs):
+        raise ConfigError(
+            f"optim.milestones must be increasing epochs (integers >= 1, e.g. [60, 120, 160]) or "
+            f"increasing fractions of the run (0 < f < 1, e.g. [0.3, 0.6, 0.8]), got {ms}"
+        )
+
+
+def milestone_epochs(o: OptimConfig) -> tuple[int, ...]:
+    """``optim.milestones`` as finished epochs: an integer is itself, a fraction f of the run
+    is ``ceil(f * epochs)`` (0.3/0.6/0.8 of 200 -> 60/120/160, of 30 -> 9/18/24, of 15 ->
+    5/9/12). A fraction that lands on the last epoch (a run too short for that step) is left
+    out, as is any milestone there or later: the lr would change after training ended."""
+    steps = (math.ceil(round(m * o.epochs, 9)) if m < 1 else int(m) for m in o.milestones)
+    return tuple(e for e in steps if e < o.epochs)
+
+
+def check_schedule(o: OptimConfig) -> None:
+    """Refuses epoch milestones at or past the last epoch (a recipe that shortens
+    ``optim.epochs`` and inherits the paper's 60/120/160 would never decay the lr)."""
+    late = [m for m in o.milestones if m >= 1 and m >= o.epochs]
+    if late:
+        frac = [round(m / 200, 3) for m in (60, 120, 160)]
+        raise ConfigError(
+            f"optim.milestones {list(o.milestones)} lie at or past the last epoch "
+            f"(optim.epochs = {o.epochs}), so the lr would never decay at {late}; give epochs "
+            f'below {o.epochs}, or fractions of the run, e.g. --set "optim.milestones={frac}" '
+            "(the paper's 60/120/160 of 200), or [] for no decay"
+        )
 
 
 def _check_data(d: DataConfig) -> None:

@@ -7,7 +7,8 @@ Run directory (written by rank 0 only)::
                                (precision, channels_last, compile, threads: why each) per start
     metrics.jsonl              one line per epoch (losses, lr, train/test top-1/top-5, timings;
                                val top-1/top-5 with a val split)
-    checkpoint.pt              written atomically after every epoch; ``resume=True`` continues it
+    checkpoint.pt              written atomically after every epoch; ``resume=True`` continues it;
+                               once finished, without the optimizer state (system.keep_optimizer)
     curves.png                 train and test top-1 error vs epoch (paper Figs. 3-5)
     results.json               the test accuracy at the final epoch (the reported number; the
                                paper does not say which it reports) and, with a val split
@@ -35,13 +36,12 @@ epoch.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +71,10 @@ from condattn.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from condattn.train.config import TrainConfig
+from condattn.train.config import TrainConfig, check_schedule, milestone_epochs
 from condattn.train.governor import ThreadGovernor
 from condattn.train.metrics import MetricSums, append_jsonl, write_json
+from condattn.train.preflight import conversion_record, start_lines
 from condattn.train.progress import Heartbeat, epoch_message, show_progress
 from condattn.train.rundir import (
     config_diff,
@@ -84,6 +85,7 @@ from condattn.train.rundir import (
 )
 from condattn.train.schedule import PaperSchedule, make_scheduler
 from condattn.train.speed import SpeedPlan, decide, detect
+from condattn.train.speed import global_torch_state as _global_torch_state
 
 __all__ = ["TIMING_FIELDS", "evaluate", "speed_plan", "train"]
 
@@ -94,28 +96,6 @@ logger = logging.getLogger(__name__)
 # Fields of a metrics.jsonl line that measure time or follow the machine's load, and so differ
 # between identical runs.
 TIMING_FIELDS = ("epoch_time_s", "train_time_s", "eval_time_s", "img_per_s", "threads")
-
-
-@contextlib.contextmanager
-def _global_torch_state(cfg: TrainConfig, device: torch.device, plan: SpeedPlan) -> Iterator[None]:
-    """Applies the plan's threads and the determinism settings; restores them afterwards."""
-    threads = torch.get_num_threads()
-    det = torch.are_deterministic_algorithms_enabled()
-    det_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    bench = torch.backends.cudnn.benchmark
-    try:
-        torch.set_num_threads(plan.threads)
-        if cfg.system.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
-        elif device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(det, warn_only=det_warn)
-        torch.backends.cudnn.benchmark = bench
 
 
 def speed_plan(cfg: TrainConfig, device: torch.device, *, steps: int | None = None) -> SpeedPlan:
@@ -189,6 +169,7 @@ def train(
     Under torchrun each process calls this; the process group is set up here.
     """
     run_dir = Path(run_dir)
+    check_schedule(cfg.optim)
     env = D.detect()
     device = D.device_for(env, cfg.system.device)
     env = D.setup(device)
@@ -279,7 +260,7 @@ def _build(
     schedule = PaperSchedule(
         steps_per_epoch=len(train_loader),
         warmup_epochs=o.warmup_epochs,
-        milestones=o.milestones,
+        milestones=milestone_epochs(o),
         gamma=o.gamma,
     )
     return _Run(
@@ -305,7 +286,13 @@ def _restore(run: _Run, state: dict[str, Any] | None, *, resume: bool) -> None:
     """Step 2: continue from a checkpoint's ``state`` (if any); rank 0 opens the run dir."""
     if state is not None:
         run.core.load_state_dict(state["model"])
-        run.optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:
+            run.optimizer.load_state_dict(state["optimizer"])
+        elif run.env.is_main:  # a finished run's checkpoint (system.keep_optimizer = false)
+            logger.info(
+                "extending a finished run: its checkpoint keeps no optimizer state, so SGD's "
+                "momentum restarts from zero (system.keep_optimizer = true keeps it)"
+            )
         run.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         run.start_epoch = state["epoch"]  # epochs finished
@@ -334,6 +321,10 @@ def _fit(run: _Run, *, data: CifarData) -> dict[str, Any]:
         f"device={run.device} world_size={env.world_size} run_dir={run.run_dir}"
     )
     log(f"data: {data.source}")
+    if env.is_main:  # the lr steps, the heads' placement and routes, inputs too small
+        size, n = tuple(data.image_size), data.num_classes
+        for level, line in start_lines(cfg, run.core, num_classes=n, image_size=size):
+            logger.log(level, line)
     show = show_progress(cfg.system.progress, is_main=env.is_main)
     t_run = time.perf_counter()
     epochs = range(run.start_epoch, cfg.optim.epochs)
@@ -346,8 +337,11 @@ def _fit(run: _Run, *, data: CifarData) -> dict[str, Any]:
         D.barrier()
     results = results_record(cfg, run.history, params=params, data=data, world_size=env.world_size)
     results["wall_time_s_this_start"] = time.perf_counter() - t_run
+    results["conversion"] = conversion_record(run.core)  # where the heads went, what they feed
     if env.is_main:
         write_json(run.run_dir / "results.json", results)
+        if not cfg.system.keep_optimizer:  # finished: the weights are what is left to use
+            _checkpoint(run, results["final"]["epoch"] or run.start_epoch, optimizer=False)
         log(results_message(results, run.run_dir))
     D.barrier()
     return results
@@ -468,17 +462,23 @@ def _record(run: _Run, row: dict[str, Any]) -> None:
         return
     append_jsonl(run.run_dir / "metrics.jsonl", row)
     _plot(run.run_dir, run.history, run.cfg)
-    save_checkpoint(
-        run.run_dir / CHECKPOINT_NAME,
-        {
-            "model": run.core.state_dict(),
-            "optimizer": run.optimizer.state_dict(),
-            "scheduler": run.scheduler.state_dict(),
-            "epoch": row["epoch"],  # epochs finished (resume runs index row["epoch"] next)
-            "rng": rng_state(),
-            "config": run.cfg.to_dict(),
-        },
-    )
+    _checkpoint(run, row["epoch"])
+
+
+def _checkpoint(run: _Run, epoch: int, *, optimizer: bool = True) -> None:
+    """Writes ``checkpoint.pt`` after ``epoch`` (epochs finished). ``optimizer=False``: a
+    finished run's file, without SGD's momentum (as large as the weights); the rest, a few kB
+    beyond the weights, still lets ``--resume`` extend the run."""
+    state = {
+        "model": run.core.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "epoch": epoch,  # epochs finished (resume runs index epoch next)
+        "rng": rng_state(),
+        "config": run.cfg.to_dict(),
+    }
+    if optimizer:
+        state["optimizer"] = run.optimizer.state_dict()
+    save_checkpoint(run.run_dir / CHECKPOINT_NAME, state)
 
 
 def _quiet(msg: str) -> None:

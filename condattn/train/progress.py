@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from typing import Any
 
 from condattn.train.metrics import MetricSums
 
-__all__ = ["LOG_EVERY_S", "Heartbeat", "epoch_message", "show_progress"]
+__all__ = ["LOG_EVERY_S", "Heartbeat", "epoch_message", "lr_text", "show_progress"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,11 +28,19 @@ def show_progress(progress: str, *, is_main: bool) -> bool:
     return progress == "on" or sys.stdout.isatty()
 
 
+def lr_text(row: dict[str, Any]) -> str:
+    """The lr of the epoch's last step (``lr_last``), preceded by its first step's (``lr``)
+    when the two differ (warm-up, or a milestone inside the epoch): ``0.001282->0.1``."""
+    first, last = row["lr"], row.get("lr_last", row["lr"])
+    return f"{last:.4g}" if math.isclose(first, last) else f"{first:.4g}->{last:.4g}"
+
+
 def epoch_message(row: dict[str, Any], *, epochs: int) -> str:
-    """The console line of a finished epoch (a ``metrics.jsonl`` row)."""
+    """The console line of a finished epoch (a ``metrics.jsonl`` row); ``lr`` is the rate at
+    the epoch's end (its last step), with the first step's before it when they differ."""
     val = f" val top1 {row['val_top1']:.2f}" if row.get("val_top1") is not None else ""
     return (
-        f"epoch {row['epoch']}/{epochs} loss {row['loss']:.4f} lr {row['lr']:.4g} "
+        f"epoch {row['epoch']}/{epochs} loss {row['loss']:.4f} lr {lr_text(row)} "
         f"train top1 {row['train_top1']:.2f}{val} test top1 {row['test_top1']:.2f} "
         f"top5 {row['test_top5']:.2f} | {row['epoch_time_s']:.1f} s, {row['img_per_s']:.0f} img/s"
     )

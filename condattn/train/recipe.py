@@ -7,7 +7,7 @@ A recipe is a TOML file with up to six tables, one per dataclass of
     name = "se_r_resnet50"
     [model]  arch = "se_resnet50"; variant = "se_r"; aux_at = ["layer2", "layer3"] ...
     [loss]   aux_weights = [0.3, 0.3]
-    [optim]  lr = 0.1; milestones = [60, 120, 160]; gamma = 0.2 ...
+    [optim]  lr = 0.1; milestones = [60, 120, 160]; gamma = 0.2 ...   (or [0.3, 0.6, 0.8])
     [data]   train_subset = 0 ...
     [system] seed = 0; precision = "auto" ...
     [paper]  tables = ["3", "4"]; row = "SE-R-ResNet50"; top1 = 79.96
@@ -36,6 +36,7 @@ from condattn.train.config import (
     SECTIONS,
     ConfigError,
     TrainConfig,
+    check_schedule,
     upgrade_keys,
     validate,
 )
@@ -87,6 +88,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(
                 f"{where} may hold numbers, strings, booleans, lists and tables; got {value!r}"
             ) from None
+    if origin in (typing.Union, types.UnionType) and set(typing.get_args(tp)) == {int, float}:
+        return _number(value, where)  # optim.milestones: an epoch or a fraction of the run
     if origin in (typing.Union, types.UnionType):
         raise ConfigError(f"unsupported type {tp} for {where}")  # pragma: no cover
     if tp is bool:
@@ -114,6 +117,15 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where} must be a string, got {value!r}")
         return str(value)
     raise ConfigError(f"unsupported type {tp} for {where}")  # pragma: no cover
+
+
+def _number(value: Any, where: str) -> int | float:
+    """An integer or a float, kept as it is written (``60`` stays 60, ``0.3`` stays 0.3)."""
+    if isinstance(value, str):
+        value = _parse_value(value.strip())
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    return value
 
 
 def _build_section(cls: type, values: Mapping[str, Any], section: str) -> Any:
@@ -260,7 +272,9 @@ def load_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
         raise ConfigError(f"unknown recipe {str(path)!r}: no such file{hint}")
     d = _read_toml(p)
     d.setdefault("name", p.stem)
-    return config_from_dict(apply_overrides(d, overrides))
+    cfg = config_from_dict(apply_overrides(d, overrides))
+    check_schedule(cfg.optim)  # a recipe to train: its lr steps must fall inside the run
+    return cfg
 
 
 def _toml_value(v: Any) -> str:

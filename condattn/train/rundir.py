@@ -10,8 +10,8 @@ states, read from its files alone (:func:`run_state`):
   to resume, train it again from scratch;
 - :attr:`RunState.STARTED`: ``checkpoint.pt`` but no ``results.json``: running, or killed;
   resume it;
-- :attr:`RunState.FINISHED`: ``results.json`` (and its last checkpoint): reuse it, or resume it
-  for more epochs.
+- :attr:`RunState.FINISHED`: ``results.json`` (and its last checkpoint, without the optimizer
+  state unless ``system.keep_optimizer``): reuse it, or resume it for more epochs.
 
 :func:`open_run_dir` writes what a start of :func:`train` writes first (the config, this
 start's ``environment.json`` entry, the metrics its checkpoint covers) and
@@ -60,6 +60,7 @@ MAY_DIFFER: dict[str, frozenset[str]] = {
     "name": frozenset({"resume"}),  # a label; the grid names its runs, so it checks it
     "system.progress": frozenset({"reuse", "resume"}),  # the console only
     "system.threads": frozenset({"reuse"}),  # speed only; a resumed run keeps its own count
+    "system.keep_optimizer": frozenset({"reuse", "resume"}),  # what a finished run keeps
     "optim.epochs": frozenset({"resume"}),  # resuming may extend a run
 }
 

@@ -9,8 +9,11 @@
   console, ``metrics.jsonl`` and ``results.json`` number epochs from 1: epochs 1-60 there, 61-120,
   121-160 and 161-200. A milestone counts finished epochs.
 
-The milestones are explicit epochs, not fractions of the run, so a shortened run (``epochs=5``)
-never reaches them; shorten the milestones too when you want the decay.
+``PaperSchedule`` takes epochs. A recipe's ``optim.milestones`` may also be fractions of the
+run (``[0.3, 0.6, 0.8]``: 60/120/160 of 200, 9/18/24 of 30), which
+:func:`condattn.train.config.milestone_epochs` turns into epochs; epoch milestones at or past the
+last epoch are refused (:func:`condattn.train.config.check_schedule`), so a shortened run never
+keeps its lr at 0.1 to the end silently.
 """
 
 from __future__ import annotations

@@ -20,10 +20,11 @@ This module imports torch only inside functions.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ __all__ = [
     "cpu_flags",
     "decide",
     "detect",
+    "global_torch_state",
     "read_text",
 ]
 
@@ -381,3 +383,29 @@ def decide(caps: Capabilities, system: Any, *, steps: int | None = None) -> Spee
         },
         capabilities=caps.to_dict(),
     )
+
+
+@contextlib.contextmanager
+def global_torch_state(cfg: Any, device: Any, plan: SpeedPlan) -> Iterator[None]:
+    """Applies the plan's threads and ``cfg.system.deterministic`` (a
+    :class:`~condattn.train.config.TrainConfig`) to torch's global state while a run trains on
+    ``device``; restores them afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    det = torch.are_deterministic_algorithms_enabled()
+    det_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    bench = torch.backends.cudnn.benchmark
+    try:
+        torch.set_num_threads(plan.threads)
+        if cfg.system.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        elif device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(det, warn_only=det_warn)
+        torch.backends.cudnn.benchmark = bench
