@@ -11,6 +11,8 @@ Examples::
     condattn eval runs/quick/checkpoint.pt
     condattn report runs/se_resnet50 runs/se_r_resnet50 --plot cmp.png   # --overwrite replaces
     condattn compare recipes/quick.toml --variants se,se_a,se_r --seeds 0,1,2 --jobs 2
+    condattn compare recipes/quick.toml --launcher slurm --time 4:00:00 --no-wait
+    condattn table 3 --seeds 5 --launcher slurm --dry-run              # the array job
     condattn report runs/compare/quick                                # a compare directory
     condattn profile se_resnet50 --variant se_r --rules paper
     condattn analyze runs/se_resnet50/checkpoint.pt runs/se_r_resnet50/checkpoint.pt
@@ -24,6 +26,7 @@ Every mistake (a bad file, flag, recipe value or environment) ends in one line o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -73,6 +76,17 @@ def _check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
             f"{run_dir} holds a run that stopped before its first checkpoint (nothing to "
             "resume); pass --overwrite to start it again, or --out for another directory"
         )
+
+
+def _check_unlocked(run_dir: Path) -> None:
+    """Refuses a run directory that another live process is training (its lock is held)."""
+    from condattn.train.lock import RunLock, RunLockedError
+
+    try:
+        with RunLock(run_dir) if run_dir.is_dir() else contextlib.nullcontext():
+            pass
+    except RunLockedError as err:
+        raise UserError(str(err)) from None
 
 
 # --data of train, eval and compare: the same meaning as data.root.
@@ -132,6 +146,7 @@ def _run_train(args: argparse.Namespace) -> int:
     env = D.detect()
     check_device(cfg.system.device, flag="--set system.device")
     if env.is_main:
+        _check_unlocked(run_dir)
         _check_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite)
     if env.is_main and args.overwrite:
         for name in ("checkpoint.pt", "metrics.jsonl", "results.json", "environment.json"):
@@ -295,7 +310,9 @@ def _add_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="comparison directory (default: runs/compare/<recipe>)")
     p.add_argument("--variants", default="se,se_a,se_r", help="comma-separated: se, se_a, se_r")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated integers, e.g. 0,1,2")
-    p.add_argument("--jobs", type=int, default=1, help="runs trained side by side (processes)")
+    from condattn._cli_launch import add_launcher_arguments  # --launcher, --jobs, --gpus-per-run
+
+    add_launcher_arguments(p)
 
 
 def _run_compare(args: argparse.Namespace) -> int:
@@ -311,17 +328,30 @@ def _run_compare(args: argparse.Namespace) -> int:
             f"{', '.join(list_recipes(_REPO / 'recipes'))}"
         )
     out = args.out or str(Path("runs") / "compare" / Path(recipe).stem)
-    summary = compare(
-        recipe,
-        variants=variants,
-        seeds=seeds,
-        out_dir=out,
-        overrides=args.overrides,
-        jobs=args.jobs,
-        synthetic=args.synthetic,
-        data_root=args.data,
-        log=lambda *a: print(*a, flush=True),
-    )
+    from condattn._cli_launch import launcher_from_args
+    from condattn.experiments.launchers import GridPending
+
+    launcher = launcher_from_args(args, recipe)
+    if args.dry_run and launcher.name == "local":
+        raise UserError("--dry-run prints the array job of --launcher slurm; add it")
+    try:
+        summary = compare(
+            recipe,
+            variants=variants,
+            seeds=seeds,
+            out_dir=out,
+            overrides=args.overrides,
+            jobs=args.jobs or 1,
+            synthetic=args.synthetic,
+            data_root=args.data,
+            log=lambda *a: print(*a, flush=True),
+            launcher=launcher,
+        )
+    except GridPending as pending:  # --no-wait: the states; the same command collects
+        print(pending, flush=True)
+        return 0
+    if args.dry_run:
+        return 0
     print(render_markdown(summary), end="")
     return 0
 
@@ -385,6 +415,21 @@ def _run_analyze(args: argparse.Namespace) -> int:
     return run(args)
 
 
+# --- table: condattn/_cli_launch.py ------------------------------------------------------------
+
+
+def _add_table(p: argparse.ArgumentParser) -> None:
+    from condattn._cli_launch import add_table_arguments
+
+    add_table_arguments(p)
+
+
+def _run_table(args: argparse.Namespace) -> int:
+    from condattn._cli_launch import run_table
+
+    return run_table(args)
+
+
 # name -> (help, add_arguments, run); add a subcommand by adding an entry.
 COMMANDS: dict[
     str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
@@ -396,6 +441,11 @@ COMMANDS: dict[
         "train variants x seeds and test the differences (reuses finished runs)",
         _add_compare,
         _run_compare,
+    ),
+    "table": (
+        "train a paper table's recipes x seeds (any launcher); summary vs the paper",
+        _add_table,
+        _run_table,
     ),
     "profile": ("count params and MACs of a model", _add_profile, _run_profile),
     "analyze": (
@@ -434,6 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command][2](args)
     except (UserError, ConfigError, CifarDataError, ValueError, FileNotFoundError) as err:
+        # (RunLockedError: a ValueError too, see condattn.train.lock.)
         # ValueError covers the library's own argument checks (e.g. ConversionError), whose
         # messages name the valid choices.
         print(f"condattn {args.command}: error: {err}", file=sys.stderr)

@@ -6,6 +6,8 @@ Run directory (written by rank 0 only)::
     environment.json           device, torch, git SHA, threads, host, and the speed plan
                                (precision, channels_last, compile, threads: why each) per start
     metrics.jsonl              one line per epoch (losses, lr, train/test top-1/top-5, timings)
+    tensorboard/               the same per epoch as TensorBoard events (condattn.train.tensorboard)
+    .lock                      flock'ed by the one process training the run (condattn.train.lock)
     checkpoint.pt              written atomically after every epoch; ``resume=True`` continues it
     curves.png                 train and test top-1 error vs epoch (paper Figs. 3-5)
     results.json               final AND best epoch; the final one is the reported number (our
@@ -69,9 +71,11 @@ from condattn.train.checkpoint import (
     set_rng_state,
 )
 from condattn.train.config import TrainConfig
+from condattn.train.lock import RunLock
 from condattn.train.metrics import MetricSums, append_jsonl, read_jsonl, write_json, write_jsonl
 from condattn.train.recipe import config_to_toml
 from condattn.train.schedule import PaperSchedule, make_scheduler
+from condattn.train.tensorboard import EpochWriter
 
 __all__ = ["TIMING_FIELDS", "evaluate", "speed_plan", "train"]
 
@@ -180,6 +184,7 @@ def train(
     run_dir: str | os.PathLike[str],
     resume: bool = False,
     log: Callable[..., None] = print,
+    lock_wait_s: float = 0.0,
 ) -> dict[str, Any]:
     """Trains ``cfg`` on ``data`` and evaluates every epoch; returns the results dict.
 
@@ -189,8 +194,12 @@ def train(
         run_dir: where rank 0 writes the run directory (see the module docstring).
         resume: continue from ``run_dir/checkpoint.pt`` (the config must match).
         log: where rank 0's one-line-per-epoch summaries go.
+        lock_wait_s: how long rank 0 waits for another process's lock on ``run_dir``.
 
-    Under torchrun each process calls this; the process group is set up here.
+    Under torchrun each process calls this; the process group is set up here. Rank 0 owns
+    ``run_dir`` through :class:`~condattn.train.lock.RunLock` from before it reads the checkpoint
+    until it returns: a directory another live process trains raises
+    :class:`~condattn.train.lock.RunLockedError` instead of being trained twice.
     """
     run_dir = Path(run_dir)
     env = D.detect()
@@ -200,7 +209,8 @@ def train(
         log = lambda *a, **k: None  # noqa: E731
     steps = cfg.optim.epochs * (int(data.train_images.shape[0]) // cfg.optim.batch_size)
     plan = speed_plan(cfg, device, steps=steps)
-    with _global_torch_state(cfg, device, plan):
+    owner = RunLock(run_dir, wait_s=lock_wait_s) if env.is_main else contextlib.nullcontext()
+    with owner, _global_torch_state(cfg, device, plan):
         state = load_checkpoint(run_dir / CHECKPOINT_NAME) if resume else None
         if state is not None:
             _check_resumable(cfg, state["config"])  # before building anything: fail fast
@@ -241,6 +251,7 @@ class _Run:
         default_factory=lambda: {"epoch": 0, "top1": -1.0, "top5": 0.0}
     )
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    tb: EpochWriter | None = None  # rank 0's TensorBoard event files
 
     @property
     def num_aux(self) -> int:
@@ -358,14 +369,19 @@ def _fit(run: _Run, *, data: CifarData, log: Callable[..., None]) -> dict[str, A
     show = _show_progress(cfg, env)
     t_run = time.perf_counter()
     epochs = range(run.start_epoch, cfg.optim.epochs)
-    for epoch in tqdm(
-        epochs, desc="epochs", disable=not show, initial=run.start_epoch, total=cfg.optim.epochs
-    ):
-        row = _run_epoch(run, net, eval_net, epoch, show=show, log=log)
-        _record(run, row)
-        msg = _epoch_message(row, epochs=cfg.optim.epochs)
-        (tqdm.write if show else log)(msg)
-        D.barrier()
+    run.tb = EpochWriter(run.run_dir) if env.is_main else None
+    try:
+        for epoch in tqdm(
+            epochs, desc="epochs", disable=not show, initial=run.start_epoch, total=cfg.optim.epochs
+        ):
+            row = _run_epoch(run, net, eval_net, epoch, show=show, log=log)
+            _record(run, row)
+            msg = _epoch_message(row, epochs=cfg.optim.epochs)
+            (tqdm.write if show else log)(msg)
+            D.barrier()
+    finally:
+        if run.tb is not None:
+            run.tb.close()
     results = _results(cfg, run.history, run.best, params=params, data=data, env=env)
     results["wall_time_s_this_start"] = time.perf_counter() - t_run
     if env.is_main:
@@ -514,6 +530,8 @@ def _record(run: _Run, row: dict[str, Any]) -> None:
     if not run.env.is_main:
         return
     append_jsonl(run.run_dir / "metrics.jsonl", row)
+    if run.tb is not None:
+        run.tb.log_epoch(row)
     _plot(run.run_dir, run.history, run.cfg)
     save_checkpoint(
         run.run_dir / CHECKPOINT_NAME,

@@ -244,6 +244,7 @@ def load_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
         hint = f"; recipes in {root}: {', '.join(valid)}" if valid else ""
         raise ConfigError(f"unknown recipe {str(path)!r}: no such file{hint}")
     d = _read_toml(p)
+    d.pop("launcher", None)  # how to run, not what: condattn.experiments.launchers reads it
     d.setdefault("name", p.stem)
     return config_from_dict(apply_overrides(d, overrides))
 
