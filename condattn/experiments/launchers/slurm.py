@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -333,18 +334,16 @@ def _squeue(job_ids: set[str]) -> dict[str, str]:
 
 
 def _failure(run: Any, job: str, folder: Path) -> str:
+    """The failure line of a run whose task ended without results: the Python error, and the log."""
     err = folder / f"{job}_0_log.err"
-    lines = (
-        [ln for ln in err.read_text(errors="replace").splitlines() if ln.strip()]
-        if err.is_file()
-        else []
-    )
-    last = next(
-        (ln for ln in reversed(lines) if "Error" in ln or "error" in ln), lines[-1] if lines else ""
-    )
-    return (
-        f"run {run.label} failed in SLURM job {job}: {last.strip() or '(no output)'} (log: {err})"
-    )
+    text = err.read_text(errors="replace") if err.is_file() else ""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if _PY_ERROR.match(ln)]
+    why = (errors or lines or ["(no output)"])[-1]
+    return f"run {run.label} failed in SLURM job {job}: {why} (log: {err})"
+
+
+_PY_ERROR = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b")
 
 
 def _read_jobs(folder: Path) -> dict[str, str]:
