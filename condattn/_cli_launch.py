@@ -133,6 +133,9 @@ def add_table_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--synthetic", action="store_true", help="use the synthetic CIFAR-100 stand-in")
     p.add_argument("--out", help="output folder (default runs/table<N>)")
     p.add_argument("--recipes", default=str(_REPO / "recipes"), help="the recipes folder")
+    p.add_argument(
+        "--summarize-only", action="store_true", help="write the summary of finished runs only"
+    )
     add_launcher_arguments(p)
 
 
@@ -144,6 +147,15 @@ def run_table(args: argparse.Namespace) -> int:
     out = args.out or str(Path("runs") / f"table{args.table}")
     recipe = str(Path(args.recipes) / "base.toml")
     launcher = launcher_from_args(args, recipe if Path(recipe).is_file() else None)
+    if args.summarize_only:
+        from condattn.experiments.table import plan_table, summarize_table
+
+        runs = plan_table(args.table, seeds=args.seeds, out_dir=out, root=args.recipes)
+        summary = summarize_table(
+            args.table, runs, seeds=args.seeds, overrides=args.overrides, out_dir=out
+        )
+        print(summary["markdown"], end="")
+        return 0
     try:
         summary = run(
             args.table,
