@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
                 REPO / "recipes" / "quick.toml",
                 [*common, *VARIANTS[v], f"system.seed={seed}", f"name=proxy_{v}_s{seed}"],
             )
-            res = train(cfg, data=data, run_dir=runs_root / f"{v}_s{seed}", log=lambda *a: None)
+            res = train(cfg, data=data, run_dir=runs_root / f"{v}_s{seed}")
             results[v].append(
                 {
                     "seed": seed,

@@ -8,11 +8,11 @@ Three variants train the same model (the narrow SE-ResNet18 of ``recipes/quick.t
   ``RandomHorizontalFlip``, ``RandomRotation(15)``, ``ToTensor``, ``Normalize``), fp32, torch's
   default threads and the caller's OpenMP environment.
 - ``condattn``: what ``condattn train`` runs by default: the OpenMP environment the command sets
-  before torch loads (:func:`condattn._hw.apply_thread_env`), the start-up :class:`SpeedPlan`
-  (:func:`condattn._hw.decide` on this machine with the default ``[system]``: precision, memory
-  format, threads), the loop's own objects and step (``condattn.train.loop._build`` and
-  ``_train_steps``), fed by ``TensorLoader`` + ``BatchAugment`` (uint8 images in memory,
-  augmentation batched).
+  before torch loads (:func:`condattn._omp_env.apply_thread_env`), the start-up :class:`SpeedPlan`
+  (:func:`condattn.train.speed.decide` on this machine with the default ``[system]``:
+  precision, memory format, threads), the loop's own objects and step
+  (``condattn.train.loop._build`` and ``_train_steps``), fed by ``TensorLoader`` +
+  ``BatchAugment`` (uint8 images in memory, augmentation batched).
 - ``condattn_mem``: the same, on one batch already in memory (augmented once): the step without
   the data pipeline. ``condattn`` / ``condattn_mem`` is the pipeline's cost.
 
@@ -98,7 +98,7 @@ def _ours(args: argparse.Namespace, *, in_memory: bool = False, sets: list[str] 
     """condattn's default path; returns ``(run_steps(n), info)``."""
     import torch
 
-    from condattn import _hw
+    from condattn import _omp_env
     from condattn.train import distributed as D
     from condattn.train import loop
     from condattn.train.metrics import MetricSums
@@ -128,7 +128,7 @@ def _ours(args: argparse.Namespace, *, in_memory: bool = False, sets: list[str] 
 
     info = {
         "plan": plan.to_dict(),
-        "thread_env": _hw.thread_env_record(),
+        "thread_env": _omp_env.thread_env_record(),
         "torch_threads": torch.get_num_threads(),
         "data": data.source,
         "synthetic": synthetic,
@@ -203,12 +203,12 @@ class Worker:
     """The parent's handle on one worker process."""
 
     def __init__(self, name: str, args: argparse.Namespace) -> None:
-        from condattn import _hw
+        from condattn import _omp_env
 
         spec = SPECS[name]
         env = {**os.environ, **spec.get("env", {})}
         if spec["kind"] == "ours" and spec.get("thread_env", True):
-            _hw.apply_thread_env(env)  # what the `condattn` command does before torch loads
+            _omp_env.apply_thread_env(env)  # what the `condattn` command does before torch loads
         cmd = [sys.executable, __file__, "--worker", name, "--variant", args.variant]
         cmd += ["--batch", str(args.batch)] + (["--synthetic"] if args.synthetic else [])
         self.name = name
@@ -249,7 +249,7 @@ class Worker:
 
 def machine_load(seconds: float = 0.2) -> float:
     """Cores kept busy on this machine over ``seconds`` (``/proc/stat``), by all processes."""
-    from condattn._hw import _busy_seconds
+    from condattn.train.governor import _busy_seconds
 
     cpus = range(os.cpu_count() or 1)
     stat = Path("/proc/stat")

@@ -27,6 +27,7 @@ import torch
 
 import condattn
 from condattn.models import create_model
+from condattn.train.config import VARIANT_LABELS
 
 # Paper Table 1 (params, M) and Table 2 (MACs, G) at r=8, input 1x3x32x32.
 PAPER: dict[tuple[int, str], tuple[float, float]] = {
@@ -38,7 +39,7 @@ PAPER: dict[tuple[int, str], tuple[float, float]] = {
     (101, "se_r"): (57.243, 2.546),
 }
 VARIANTS = ("se", "se_a", "se_r")
-LABEL = {"se": "SE", "se_a": "SE-A", "se_r": "SE-R"}
+LABEL = VARIANT_LABELS
 FAMILIES = {"cbam": "cbam_resnet", "coord": "ca_resnet", "eca": "eca_resnet"}
 FAMILY_LABEL = {"cbam": "CBAM", "coord": "CoordAttn", "eca": "ECA"}
 

@@ -44,11 +44,12 @@ from torch import nn
 import condattn
 from condattn.models import create_model
 from condattn.nn._common import GlobalAvgPool
+from condattn.train.config import VARIANT_LABELS
 
-LABEL = {"se": "SE", "se_a": "SE-A", "se_r": "SE-R", "plain": "plain", "se_plain": "SE"}
+LABEL = {**VARIANT_LABELS, "plain": "plain", "se_plain": "SE"}
 # mode -> (channels_last, bf16 autocast, torch.compile). ``bf16_cl`` is condattn's default on a
-# CPU with native bf16 (condattn._hw.decide); ``compile_bf16_cl`` adds inductor, which may fuse
-# the SE gate's pool/scale elementwise work into neighbouring kernels.
+# CPU with native bf16 (condattn.train.speed.decide); ``compile_bf16_cl`` adds inductor, which
+# may fuse the SE gate's pool/scale elementwise work into neighbouring kernels.
 MODE_FLAGS: dict[str, tuple[bool, bool, bool]] = {
     "eager": (False, False, False),
     "channels_last": (True, False, False),

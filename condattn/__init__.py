@@ -6,7 +6,7 @@
 """
 
 # First, before anything loads torch: the `condattn` command's OpenMP settings.
-from condattn import _cli_env  # noqa: F401  # isort: skip
+from condattn import _omp_env  # noqa: F401  # isort: skip
 from condattn import models, nn
 from condattn.losses import DeepSupervisionLoss, LossParts
 from condattn.outputs import CondOutput
@@ -27,7 +27,7 @@ from condattn.transform.mappings import (
 )
 from condattn.transform.serialization import LoadResult, load, load_base_state_dict, save
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "CondOutput",

@@ -25,9 +25,11 @@ __all__ = [
     "cpu_name",
     "derive_seed",
     "git_sha",
+    "package_version",
     "provenance",
 ]
 
+# The source checkout this package runs from, if it runs from one (not an installed wheel).
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -110,7 +112,11 @@ def derive_seed(seed: int, *parts: object) -> int:
 
 
 def git_sha(repo: str | os.PathLike[str] = REPO) -> str | None:
-    """The short SHA of ``repo``'s HEAD with ``+dirty`` for tracked changes; None without git."""
+    """The short SHA of ``repo``'s HEAD with ``+dirty`` for tracked changes; None without git,
+    and None when ``repo`` is not the root of a git checkout (an installed package: the folder
+    above it, e.g. site-packages, may lie inside some other repository)."""
+    if not (Path(repo) / ".git").exists():
+        return None
 
     def git(*args: str) -> str:
         return subprocess.run(
@@ -123,6 +129,13 @@ def git_sha(repo: str | os.PathLike[str] = REPO) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return sha + ("+dirty" if dirty else "")
+
+
+def package_version() -> str:
+    """condattn's ``__version__`` (the package is loaded: this module is part of it)."""
+    from condattn import __version__
+
+    return __version__
 
 
 def cpu_name() -> str:
@@ -151,7 +164,8 @@ def provenance(device: Any = "cpu", **extra: Any) -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "git_sha": git_sha(),
+        "git_sha": git_sha(),  # None from an installed wheel: the version says what ran
+        "condattn_version": package_version(),
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         **extra,

@@ -11,7 +11,7 @@ method, and deletes those attributes afterwards (in a ``finally``), so the model
 as it was. This works for plain models and for ``condattn.convert`` outputs alike (fx calls the
 modules by name). Blocks whose ``forward`` does not call ``_scale`` are not seen.
 
-The command ``condattn analyze`` (:mod:`condattn._cli_analyze`) runs this on checkpoints.
+The command ``condattn analyze`` (:mod:`condattn.cli.analyze`) runs this on checkpoints.
 
 >>> stats = attention_stats(model, images, stage="layer3")
 >>> stats["blocks"]["layer3.0.attn"]["mean_std"]

@@ -43,7 +43,7 @@ def _one_thread():
     """One intra-op thread for the whole suite: the tests use tiny models, which gain nothing
     from a second thread, and two OpenMP threads on shared, busy cores spin-wait and run small
     convs many times slower than one. ``OMP_NUM_THREADS=1`` makes ``train()``'s thread choice
-    (``system.threads = 0``: condattn._hw.decide) one thread too, in this process and in
+    (``system.threads = 0``: condattn.train.speed.decide) one thread too, in this process and in
     subprocesses (torchrun, CLI) that do not set their own."""
     threads = torch.get_num_threads()
     omp = os.environ.get("OMP_NUM_THREADS")

@@ -7,7 +7,11 @@ failure message, so a failing hypothesis example explains itself.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import importlib.util
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +23,7 @@ __all__ = [
     "assert_not_close",
     "assert_shape",
     "assert_state_dict_equal",
+    "condattn_log",
     "randomize_batchnorm_",
     "state_dict_snapshot",
 ]
@@ -170,5 +175,28 @@ RUN_FILES = frozenset(
         "checkpoint.pt",
         "curves.png",
         "results.json",
+        ".lock",  # the one trainer's flock (condattn.train.lock)
     }
+    # TensorBoard event files (condattn.train.tensorboard), where the package is installed
+    | ({"tensorboard"} if importlib.util.find_spec("tensorboard") else set())
 )
+
+
+@contextlib.contextmanager
+def condattn_log(on_line: Callable[[str], None]) -> Iterator[None]:
+    """Calls ``on_line(message)`` for every INFO+ line of the ``condattn`` loggers in the block
+    (what the command shows on the console); ``on_line`` may raise, to stop the library there."""
+
+    class _Handler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            on_line(record.getMessage())  # an exception propagates: no handleError here
+
+    root, handler = logging.getLogger("condattn"), _Handler()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import condattn_log
 from PIL import Image
 
 from condattn.cli import main
 from condattn.data import CIFAR100_MEAN, BatchRandomResizedCrop, synthetic_cifar100
 from condattn.data.synthetic import make_synthetic_arrays
 from condattn.experiments.grid import config_diff
-from condattn.train import loop
+from condattn.train import loop, progress
 from condattn.train.build import build_augment, load_data
 from condattn.train.checkpoint import load_checkpoint, save_checkpoint
 from condattn.train.config import TrainConfig
@@ -105,7 +106,7 @@ def test_an_image_folder_run_normalises_with_its_own_stats_and_crops_rrc_above_3
 ) -> None:
     root = _image_folder(tmp_path / "images", n_train=2, n_val=1, px=48)
     cfg = _imagefolder_cfg(root, image_size=40)
-    data = load_data(cfg, log=lambda msg: None)
+    data = load_data(cfg)
     assert data.image_size == (40, 40) and data.mean != CIFAR100_MEAN
     made = []
 
@@ -115,7 +116,7 @@ def test_an_image_folder_run_normalises_with_its_own_stats_and_crops_rrc_above_3
         return aug
 
     monkeypatch.setattr(loop, "build_augment", spy)
-    loop.train(cfg, data=data, run_dir=tmp_path / "run", log=lambda *a: None)
+    loop.train(cfg, data=data, run_dir=tmp_path / "run")
     augs = dict(made)
     assert isinstance(augs[True], BatchRandomResizedCrop) and augs[True].size == (40, 40)
     for aug in augs.values():
@@ -156,13 +157,13 @@ NEW_FIELDS = [
 def test_resume_takes_missing_keys_of_an_older_checkpoint_as_defaults(tmp_path: Path) -> None:
     data = synthetic_cifar100(n_train=64, n_test=32)
     run = tmp_path / "run"
-    loop.train(_tiny_cfg(), data=data, run_dir=run, log=lambda *a: None)
+    loop.train(_tiny_cfg(), data=data, run_dir=run)
     state = load_checkpoint(run / "checkpoint.pt")
     state["config"] = _strip(state["config"], NEW_FIELDS)
     save_checkpoint(
         run / "checkpoint.pt", {k: v for k, v in state.items() if k != "format_version"}
     )
-    loop.train(_tiny_cfg(epochs=2), data=data, run_dir=run, resume=True, log=lambda *a: None)
+    loop.train(_tiny_cfg(epochs=2), data=data, run_dir=run, resume=True)
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2  # it went on
     # a missing key whose default differs from the run's value is still a difference
     with pytest.raises(ValueError, match=r"data\.augment: checkpoint 'auto' != now 'rrc'"):
@@ -206,14 +207,16 @@ def test_a_run_without_a_terminal_logs_progress_lines_during_the_epoch(
 ) -> None:
     data = synthetic_cifar100(n_train=128, n_test=32)
     lines: list[str] = []
-    monkeypatch.setattr(loop, "LOG_EVERY_S", 0.0)  # a line after every step
-    loop.train(_tiny_cfg(), data=data, run_dir=tmp_path / "a", log=lambda *a: lines.append(a[0]))
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)  # a line after every step
+    with condattn_log(lines.append):
+        loop.train(_tiny_cfg(), data=data, run_dir=tmp_path / "a")
     beats = [m for m in lines if re.fullmatch(r"epoch 1/1 step \d/4 \| \d+ img/s \| loss .*", m)]
     assert [int(m.split("step ")[1][0]) for m in beats] == [1, 2, 3, 4], lines
     assert all(float(m.split("loss ")[1].split()[0]) > 0 for m in beats)
     lines.clear()
-    monkeypatch.setattr(loop, "LOG_EVERY_S", 1e9)  # never due: only the epoch summaries
-    loop.train(_tiny_cfg(), data=data, run_dir=tmp_path / "b", log=lambda *a: lines.append(a[0]))
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 1e9)  # never due: only the epoch summaries
+    with condattn_log(lines.append):
+        loop.train(_tiny_cfg(), data=data, run_dir=tmp_path / "b")
     assert not [m for m in lines if " step " in m] and any(m.startswith("epoch 1/1") for m in lines)
 
 

@@ -9,7 +9,7 @@ import statistics
 from pathlib import Path
 
 import pytest
-from helpers import RUN_FILES
+from helpers import RUN_FILES, condattn_log
 from scipy import stats
 
 import condattn.train
@@ -277,11 +277,11 @@ class _Killed(Exception):
 
 
 def _kill_on(prefix: str):
-    def log(*args: object) -> None:
-        if str(args[0]).startswith(prefix):
+    def log(line: str) -> None:
+        if line.startswith(prefix):
             raise _Killed(prefix)
 
-    return log
+    return condattn_log(log)
 
 
 def test_killed_run_is_resumed_and_unstarted_run_restarted(tmp_path: Path) -> None:
@@ -290,19 +290,14 @@ def test_killed_run_is_resumed_and_unstarted_run_restarted(tmp_path: Path) -> No
     killed, unstarted = plan_grid(QUICK, **kwargs)
     data = condattn.train.build.load_data(killed.cfg, synthetic=True)
     # killed right after epoch 1's checkpoint; and killed before its first checkpoint
-    with pytest.raises(_Killed):
-        condattn.train.train(
-            killed.cfg, data=data, run_dir=killed.run_dir, log=_kill_on("epoch 1/")
-        )
-    with pytest.raises(_Killed):
-        condattn.train.train(
-            unstarted.cfg, data=data, run_dir=unstarted.run_dir, log=_kill_on("model")
-        )
+    with pytest.raises(_Killed), _kill_on("epoch 1/"):
+        condattn.train.train(killed.cfg, data=data, run_dir=killed.run_dir)
+    with pytest.raises(_Killed), _kill_on("model"):
+        condattn.train.train(unstarted.cfg, data=data, run_dir=unstarted.run_dir)
     assert (run_state(killed), run_state(unstarted)) == ("resume", "restart")
     lines: list[str] = []
-    summary = compare(
-        QUICK, synthetic=True, log=lambda *a: lines.append(" ".join(map(str, a))), **kwargs
-    )
+    with condattn_log(lines.append):
+        summary = compare(QUICK, synthetic=True, **kwargs)
     assert "2 runs: 0 done (reused), 1 to resume, 1 to train" in lines[0]
     starts = json.loads((killed.run_dir / "environment.json").read_text())["starts"]
     assert [(s["resumed"], s["start_epoch"]) for s in starts] == [(False, 1), (True, 2)]
@@ -330,7 +325,6 @@ def test_failed_run_is_one_line_with_its_traceback_logged(tmp_path: Path, monkey
             overrides=TINY,
             out_dir=tmp_path,
             synthetic=True,
-            log=lambda *a: None,
         )
     msg = str(info.value)
     assert "1 of 1 run(s) failed" in msg and "run se/seed0 failed: RuntimeError: boom" in msg
@@ -361,7 +355,6 @@ def test_jobs_train_side_by_side_in_child_processes(tmp_path: Path, monkeypatch)
         out_dir=tmp_path,
         jobs=2,
         synthetic=True,
-        log=lambda *a: None,
     )
     assert summary["variants"]["se"]["n"] == 2
     assert summary["conditions"]["threads"] == 1  # 2 cores // 2 jobs (1 job: 2 threads)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import condattn_log
 from PIL import Image
 
 from condattn.data import (
@@ -105,7 +106,8 @@ def test_load_data_image_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
             Image.fromarray(pixels).save(tmp_path / "imgs" / cls / f"{i}.png")
     cfg = _cfg(dataset="imagefolder", image_size=40, val_fraction=0.25, decode_workers=1)
     lines = []
-    data = load_data(cfg, root=str(tmp_path / "imgs"), log=lines.append)
+    with condattn_log(lines.append):
+        data = load_data(cfg, root=str(tmp_path / "imgs"))
     assert data.train_images.shape == (6, 3, 40, 40) and data.test_images.shape == (2, 3, 40, 40)
     assert lines and str(tmp_path / "cache") in data.source
     assert isinstance(build_augment(cfg, train=True, data=data), BatchRandomResizedCrop)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import condattn_log
 from PIL import Image
 
 from condattn.data import (
@@ -54,7 +55,7 @@ def cache(tmp_path: Path) -> Path:
 
 
 def _load(root: Path, cache: Path, **kwargs) -> object:
-    opts = {"image_size": SIZE, "cache_dir": cache, "workers": 2, "log": lambda msg: None}
+    opts = {"image_size": SIZE, "cache_dir": cache, "workers": 2}
     return load_imagefolder(root, **(opts | kwargs))
 
 
@@ -72,7 +73,7 @@ def test_container_fields(root: Path, cache: Path) -> None:
     first = decode_image(root / "train" / "cat" / "img_00.png", size=SIZE)
     assert torch.equal(data.train_images[0], torch.from_numpy(first))
     via_registry = load_dataset(
-        "imagefolder", LoadOptions(root=root, image_size=SIZE, cache_dir=cache, log=print)
+        "imagefolder", LoadOptions(root=root, image_size=SIZE, cache_dir=cache)
     )
     assert torch.equal(via_registry.train_images, data.train_images)
 
@@ -169,14 +170,16 @@ def test_unwritable_cache_still_loads(root: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
     lines = []
-    data = _load(root, blocker, log=lines.append)
+    with condattn_log(lines.append):
+        data = _load(root, blocker)
     assert data.train_images.shape[0] == 18 and "not cached" in data.source
     assert any("could not write the decode cache" in line for line in lines)
 
 
 def test_progress_lines_without_a_terminal(root: Path, cache: Path) -> None:
     lines = []
-    _load(root, cache, log=lines.append, progress=False)
+    with condattn_log(lines.append):
+        _load(root, cache, progress=False)
     assert any(line.endswith("24/24 images") for line in lines)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import condattn_log
 
 from condattn.data import synthetic_cifar100
 from condattn.train import loop
@@ -22,7 +23,7 @@ from condattn.train.checkpoint import (
 from condattn.train.config import TrainConfig
 from condattn.train.recipe import config_from_dict
 
-QUIET = dict(log=lambda *a: None)
+QUIET: dict = {}
 
 
 def _cfg(variant: str, *, widths=(8, 16, 32, 64), **model: object) -> TrainConfig:
@@ -73,7 +74,8 @@ def test_fine_tune_run_logs_its_source_and_resumes_without_it(se_run, data, tmp_
     cfg = _cfg("se_r", init_from=str(copy), cond_init="zeros")
     lines: list[str] = []
     run = tmp_path / "ft"
-    loop.train(cfg, data=data, run_dir=run, log=lambda *a: lines.append(str(a[0])))
+    with condattn_log(lines.append):
+        loop.train(cfg, data=data, run_dir=run)
     assert any(line == f"weights from {copy}" for line in lines)
     copy.unlink()  # a resumed run has its own weights: the source is not read again
     more = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, epochs=2))

@@ -1,4 +1,6 @@
-"""Start-up speed choices (condattn._hw): capabilities parsing and the pure decision function."""
+"""Start-up speed choices: capabilities parsing and the pure decision function
+(condattn.train.speed), the OpenMP environment (condattn._omp_env), the thread governor
+(condattn.train.governor)."""
 
 from __future__ import annotations
 
@@ -9,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from condattn import _hw
-from condattn._hw import Capabilities, available_cores, cpu_flags, decide
+from condattn import _omp_env
+from condattn.train import governor as gov
+from condattn.train import speed
+from condattn.train.speed import Capabilities, available_cores, cpu_flags, decide
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,7 +100,7 @@ def test_channels_last_auto_and_override():
 
 
 def test_compile_auto_only_for_long_runs_on_a_gpu():
-    long, short = _hw.COMPILE_MIN_STEPS, _hw.COMPILE_MIN_STEPS - 1
+    long, short = speed.COMPILE_MIN_STEPS, speed.COMPILE_MIN_STEPS - 1
     gpu = Capabilities(device="cuda", cuda_bf16=True)
     assert decide(gpu, System(), steps=long).compile == "default"
     assert decide(gpu, System(), steps=short).compile == "off"
@@ -175,21 +179,23 @@ def test_available_cores_on_this_machine_is_positive():
 
 def test_thread_env_sets_a_short_spin_unless_the_user_set_it():
     env: dict[str, str] = {}
-    assert _hw.apply_thread_env(env) == {"GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "1"}
+    assert _omp_env.apply_thread_env(env) == {"GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "1"}
     env = {"KMP_BLOCKTIME": ""}  # the user's value, even empty, stays
-    assert _hw.apply_thread_env(env) == {"GOMP_SPINCOUNT": "10000"}
+    assert _omp_env.apply_thread_env(env) == {"GOMP_SPINCOUNT": "10000"}
     assert env["KMP_BLOCKTIME"] == ""
     env = {"OMP_WAIT_POLICY": "PASSIVE"}  # a spin count would override the user's policy
-    assert _hw.apply_thread_env(env) == {}
+    assert _omp_env.apply_thread_env(env) == {}
     assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def test_cli_process_detection():
-    assert _hw.is_cli_process(["/venv/bin/condattn", "train"], ["python", "/venv/bin/condattn"])
-    assert _hw.is_cli_process(["-m"], ["python", "-u", "-m", "condattn.cli", "train"])
-    assert not _hw.is_cli_process(["script.py"], ["python", "script.py"])
-    assert not _hw.is_cli_process(["-m"], ["python", "-m", "pytest"])
-    assert not _hw.is_cli_process([], ["python", "-m"])
+    assert _omp_env.is_cli_process(
+        ["/venv/bin/condattn", "train"], ["python", "/venv/bin/condattn"]
+    )
+    assert _omp_env.is_cli_process(["-m"], ["python", "-u", "-m", "condattn.cli", "train"])
+    assert not _omp_env.is_cli_process(["script.py"], ["python", "script.py"])
+    assert not _omp_env.is_cli_process(["-m"], ["python", "-m", "pytest"])
+    assert not _omp_env.is_cli_process([], ["python", "-m"])
 
 
 def _child(script: Path, env_extra: dict[str, str] | None = None) -> str:
@@ -213,8 +219,8 @@ def test_cli_sets_the_env_before_torch_loads_and_keeps_the_users(tmp_path):
         "import os, sys\n"
         "sys.orig_argv = [sys.executable, '-m', 'condattn.cli']\n"
         "import condattn\n"
-        "from condattn import _hw\n"
-        "rec = _hw.thread_env_record()\n"
+        "from condattn import _omp_env\n"
+        "rec = _omp_env.thread_env_record()\n"
         "print(os.environ['GOMP_SPINCOUNT'], os.environ['KMP_BLOCKTIME'], "
         "sorted(rec['set_by_condattn']), rec['torch_loaded_before'])\n"
     )
@@ -269,8 +275,8 @@ def test_adaptive_threads_only_when_auto_on_a_cpu_and_not_deterministic():
     ("others", "expected"), [(0.0, 4), (0.2, 4), (0.3, 3), (1.0, 3), (1.3, 2), (3.9, 1), (9.0, 1)]
 )
 def test_threads_for_free_cores(others, expected):
-    assert _hw.threads_for_free_cores(others, cores=4, limit=4) == expected
-    assert _hw.threads_for_free_cores(others, cores=4, limit=2) == min(2, expected)
+    assert gov.threads_for_free_cores(others, cores=4, limit=4) == expected
+    assert gov.threads_for_free_cores(others, cores=4, limit=2) == min(2, expected)
 
 
 class FakeMachine:
@@ -281,7 +287,7 @@ class FakeMachine:
         self.set_to: list[int] = []
 
     def stat(self) -> str:
-        tick = _hw.os.sysconf("SC_CLK_TCK")
+        tick = gov.os.sysconf("SC_CLK_TCK")
         lines = ["cpu  0 0 0 0 0 0 0 0 0 0"]
         for i, b in enumerate(self.busy):
             lines.append(f"cpu{i} {round(b * tick)} 0 0 1000 0 0 0 0 0 0")
@@ -294,8 +300,8 @@ class FakeMachine:
         for i in range(self.cpus):
             self.busy[i] += (ours + others) * seconds / self.cpus
 
-    def governor(self, limit: int = 2) -> _hw.ThreadGovernor:
-        return _hw.ThreadGovernor(
+    def governor(self, limit: int = 2) -> gov.ThreadGovernor:
+        return gov.ThreadGovernor(
             limit,
             cpus=range(self.cpus),
             every_s=2.0,

@@ -51,8 +51,6 @@ class LoadOptions:
     n_train: int = 1000
     n_test: int = 200
     seed: int = 0
-    # Progress and cache lines (None: print to stderr).
-    log: Callable[[str], None] | None = None
 
 
 def _check_native(name: str, size: int) -> None:
@@ -98,7 +96,6 @@ def _imagefolder(opts: LoadOptions) -> ImageData:
         skip_bad_images=opts.skip_bad_images,
         cache_dir=opts.cache_dir,
         workers=opts.workers,
-        log=opts.log,
     )
 
 

@@ -23,6 +23,7 @@ composited on black; 16-bit grey (``I;16*``, and ``I``, taken as 16-bit) keeps i
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import sys
@@ -40,6 +41,9 @@ from condattn.data._cache import default_cache_dir, removing_new_dirs
 from condattn.data.container import DataError, DataNotFoundError, ImageData, channel_stats
 
 __all__ = ["IMAGE_EXTENSIONS", "decode_image", "load_imagefolder", "split_files"]
+
+# Progress and cache lines (INFO), a failed cache write (WARNING).
+logger = logging.getLogger(__name__)
 
 # torchvision's IMG_EXTENSIONS (matched case-insensitively).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -194,7 +198,7 @@ def decode_image(path: str | os.PathLike[str], *, size: int) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
 
 
-def _progress(total: int, desc: str, log: Callable[[str], None], show_bar: bool | None):
+def _progress(total: int, desc: str, show_bar: bool | None):
     """A callable ``tick(k)`` that advances a tqdm bar (on a terminal) or logs every ~10%."""
     if show_bar is None:
         show_bar = sys.stderr.isatty()
@@ -209,7 +213,7 @@ def _progress(total: int, desc: str, log: Callable[[str], None], show_bar: bool 
     def tick(k: int) -> None:
         before, state["done"] = state["done"], state["done"] + k
         if state["done"] // step > before // step or state["done"] == total:
-            log(f"{desc}: {state['done']}/{total} images")
+            logger.info(f"{desc}: {state['done']}/{total} images")
 
     return tick, lambda: None
 
@@ -316,7 +320,7 @@ def _decode_splits(
     return blob
 
 
-def _write_cache(blob: dict[str, object], path: Path, log: Callable[[str], None]) -> bool:
+def _write_cache(blob: dict[str, object], path: Path) -> bool:
     """Writes the cache atomically and drops older caches of the same root and size.
 
     A failed write only costs the next run a new decoding, so it is logged, not raised.
@@ -325,7 +329,9 @@ def _write_cache(blob: dict[str, object], path: Path, log: Callable[[str], None]
         with removing_new_dirs(path.parent):
             atomic_torch_save(blob, path)
     except OSError as err:
-        log(f"warning: could not write the decode cache {path} ({err}); set $CONDATTN_CACHE")
+        logger.warning(
+            f"warning: could not write the decode cache {path} ({err}); set $CONDATTN_CACHE"
+        )
         return False
     for old in path.parent.glob(path.name.rsplit("-", 1)[0] + "-*.pt"):
         if old != path:  # the same root and size, older content or settings
@@ -341,7 +347,6 @@ def _cached_or_decoded(
     path: Path,
     settings: dict[str, object],
     workers: int,
-    log: Callable[[str], None],
     progress: bool | None,
 ) -> tuple[dict[str, object], str]:
     """The cache at ``path`` if it is valid, else both splits decoded (and written there).
@@ -353,7 +358,7 @@ def _cached_or_decoded(
     if blob is not None:
         return blob, "cached in"
     total = sum(map(len, train.files.values())) + sum(map(len, val.files.values()))
-    tick, close = _progress(total, f"decoding {root}", log, progress)
+    tick, close = _progress(total, f"decoding {root}", progress)
     try:
         blob = _decode_splits(
             train,
@@ -366,8 +371,8 @@ def _cached_or_decoded(
         )
     finally:
         close()
-    verb = "decoded into" if _write_cache(blob, path, log) else "decoded (not cached) for"
-    log(f"decoded {total} images of {root} ({verb} {path})")
+    verb = "decoded into" if _write_cache(blob, path) else "decoded (not cached) for"
+    logger.info(f"decoded {total} images of {root} ({verb} {path})")
     return blob, verb
 
 
@@ -380,7 +385,6 @@ def load_imagefolder(
     skip_bad_images: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
     workers: int = 0,
-    log: Callable[[str], None] | None = None,
     progress: bool | None = None,
 ) -> ImageData:
     """Loads an image folder as uint8 tensors, decoding it once into a cache.
@@ -396,8 +400,10 @@ def load_imagefolder(
         skip_bad_images: skip (and count) unreadable files instead of stopping at the first.
         cache_dir: cache root; default ``$CONDATTN_CACHE`` or ``~/.cache/condattn``.
         workers: decoding threads; 0 = one per CPU core.
-        log: receives progress and cache lines (default: print to stderr).
-        progress: a tqdm bar; None = only when stderr is a terminal (else ``log`` lines).
+        progress: a tqdm bar; None = only when stderr is a terminal (else progress lines).
+
+    Progress and cache lines go to the ``condattn.data.imagefolder`` logger (INFO; a failed
+    cache write at WARNING).
 
     Returns:
         :class:`ImageData` with the val split as ``test_*`` and the train split's mean/std.
@@ -414,7 +420,6 @@ def load_imagefolder(
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"data.val_fraction must lie in [0, 1), got {val_fraction}")
     root = Path(root).expanduser()
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     train, val = _layout(root, val_fraction=val_fraction, seed=split_seed)
     settings = {
         "format": _FORMAT,
@@ -432,7 +437,6 @@ def load_imagefolder(
         path=path,
         settings=settings,
         workers=workers or os.cpu_count() or 1,
-        log=log,
         progress=progress,
     )
     skipped = blob["skipped"]

@@ -15,8 +15,9 @@ This is a consumer layer: ``condattn.train`` never imports it. See docs/howto-co
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from condattn.experiments.summary import (
     summarize,
     write_summary,
 )
+from condattn.train.speed import available_cores
 
 __all__ = [
     "CompareError",
@@ -57,12 +59,12 @@ __all__ = [
 ]
 
 
+logger = logging.getLogger(__name__)  # progress lines (INFO); the CLI shows them
+
+
 def _cores() -> int:
-    """CPU cores this process may use (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS, Windows
-        return os.cpu_count() or 1
+    """CPU cores this process may use (:func:`condattn.train.speed.available_cores`)."""
+    return available_cores()[0]
 
 
 def compare(
@@ -75,7 +77,6 @@ def compare(
     jobs: int = 1,
     synthetic: bool = False,
     data_root: str | None = None,
-    log: Callable[..., None] = print,
     launcher: Any = None,
 ) -> dict[str, Any]:
     """Trains (or reuses) every ``variant x seed`` run of ``recipe`` and summarises them.
@@ -90,7 +91,6 @@ def compare(
             threads unless ``overrides`` set ``system.threads``.
         synthetic: train on the in-memory synthetic stand-in.
         data_root: a CIFAR-100 folder or archive (default: search).
-        log: where progress lines go.
         launcher: how the runs execute (:func:`~condattn.experiments.launchers.make_launcher`:
             ``local``, ``slurm``); default: the local launcher with ``jobs``. Its ``threads``
             become each run's ``system.threads``.
@@ -113,11 +113,11 @@ def compare(
         out_dir=out_dir,
         threads=getattr(launcher, "threads", 0) or max(1, _cores() // jobs),
     )
-    run_grid(runs, jobs=jobs, synthetic=synthetic, data_root=data_root, log=log, launcher=launcher)
+    run_grid(runs, jobs=jobs, synthetic=synthetic, data_root=data_root, launcher=launcher)
     if getattr(getattr(launcher, "options", None), "dry_run", False):
         return {}  # the launcher printed what it would submit
     summary = write_summary(
         out_dir, variants=variants, seeds=seeds, recipe=recipe, overrides=overrides
     )
-    log(f"summary: {Path(out_dir) / 'compare.md'} (.json, .png)")
+    logger.info(f"summary: {Path(out_dir) / 'compare.md'} (.json, .png)")
     return summary

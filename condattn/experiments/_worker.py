@@ -16,6 +16,7 @@ ranks run this module again with ``nproc = 1``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -47,15 +48,16 @@ def main(argv: list[str]) -> int:
         cmd += [f"--nproc_per_node={nproc}", "-m", "condattn.experiments._worker", rank_spec]
         os.execv(sys.executable, cmd)
     die_with_parent(spec.get("parent_pid"))
-    train_spec(spec, log=_log)
+    train_spec(spec)
     return 0
 
 
-def _log(*args: object) -> None:
-    print(*args, flush=True)
-
-
 if __name__ == "__main__":
+    # The run's lines into this process's output: the grid's log file for this run.
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.getLogger("condattn").addHandler(handler)
+    logging.getLogger("condattn").setLevel(logging.INFO)
     try:
         sys.exit(main(sys.argv[1:]))
     except Exception as err:  # the parent shows the last line; the traceback stays in the log

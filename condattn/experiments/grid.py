@@ -8,7 +8,8 @@ the augmentation and the backbone init depend only on ``system.seed`` (the loade
 added), the variants of one seed see exactly the same data, which is what lets
 :mod:`condattn.experiments.stats` pair them.
 
-Each run directory is in one of four states, decided before anything trains:
+Each run directory is in one of the four states of :mod:`condattn.train.rundir`, decided
+before anything trains (the grid's words for them, :class:`~condattn.train.rundir.RunState`):
 
 - ``new``: nothing there; train it.
 - ``done``: ``results.json`` present; reuse it (a second identical call trains nothing).
@@ -20,29 +21,32 @@ Each run directory is in one of four states, decided before anything trains:
 How the runs execute is the launcher's business (:mod:`condattn.experiments.launchers`: ``local``
 processes or a ``slurm`` array job); the grid never knows which one runs it.
 
-A run directory whose ``config.json`` differs from what the grid asks (other than in
-:data:`RUNTIME_KEYS`) is an error that names it and the differing keys: reusing it silently
-would compare something else.
+A run directory whose ``config.json`` differs from what the grid asks (other than in the keys
+:data:`condattn.train.rundir.MAY_DIFFER` allows for reuse) is an error that names it and the
+differing keys: reusing it silently would compare something else.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from condattn.train import TrainConfig, load_recipe
 from condattn.train.config import VARIANTS
 from condattn.train.lock import is_locked
+from condattn.train.rundir import RunState, saved_config
+from condattn.train.rundir import config_diff as _diff
+from condattn.train.rundir import run_state as _state_of
 
 __all__ = [
-    "RUNTIME_KEYS",
     "CompareError",
     "GridRun",
     "config_diff",
@@ -55,9 +59,8 @@ __all__ = [
     "run_state",
 ]
 
-# Config keys that change how a run executes, not what it computes: a reused or resumed run may
-# differ in them (threads follow --jobs; a resumed run keeps the thread count it started with).
-RUNTIME_KEYS = frozenset({("system", "threads"), ("system", "progress")})
+logger = logging.getLogger(__name__)  # progress lines (INFO)
+
 # Override keys the grid sets itself; the user chooses them with --variants and --seeds.
 _GRID_KEYS = {
     "model.variant": "--variants",
@@ -168,51 +171,39 @@ def plan_grid(
 
 
 def config_diff(asked: dict[str, Any], saved: dict[str, Any]) -> list[str]:
-    """``key: run has X, grid asks Y`` for each key (outside RUNTIME_KEYS) that differs.
-
-    A key missing from ``saved`` (a run made before that field existed, e.g. ``model.kwargs`` or
-    ``data.dataset``) counts as the field's default.
-    """
-    defaults = TrainConfig().to_dict()
-    diffs = []
-    for section, values in asked.items():
-        if not isinstance(values, dict):  # the run's name
-            if saved.get(section) != values:
-                diffs.append(f"{section}: run has {saved.get(section)!r}, grid asks {values!r}")
-            continue
-        for key, value in values.items():
-            have = saved.get(section, {}).get(key, defaults.get(section, {}).get(key))
-            if (section, key) not in RUNTIME_KEYS and have != value:
-                diffs.append(f"{section}.{key}: run has {have!r}, grid asks {value!r}")
-    return diffs
+    """``key: run has X, grid asks Y`` for each key that differs where a reused run may not
+    (:func:`condattn.train.rundir.config_diff`, purpose ``"reuse"``)."""
+    return [
+        f"{key}: run has {have!r}, grid asks {want!r}"
+        for key, have, want in _diff(asked, saved, purpose="reuse")
+    ]
 
 
-def run_state(run: GridRun) -> str:
-    """``"new"``, ``"done"``, ``"resume"``, ``"restart"`` or ``"running"`` (module docstring).
+def run_state(run: GridRun) -> RunState | str:
+    """The run directory's :class:`~condattn.train.rundir.RunState` (``"new"``, ``"done"``,
+    ``"resume"`` or ``"restart"``), or ``"running"`` while a live process holds its lock (see
+    the module docstring).
 
     Raises:
         CompareError: the directory holds a run of another config; the message names the
             directory and the differing keys.
     """
     d = run.run_dir
-    cfg_path = d / "config.json"
-    if not cfg_path.is_file():
+    state = _state_of(d)
+    saved = saved_config(d) if state is not RunState.EMPTY else None
+    if saved is None:
         if is_locked(d):  # started moments ago: config.json comes next
             return "running"
-        if (d / "checkpoint.pt").exists() or (d / "results.json").exists():
+        if state in (RunState.STARTED, RunState.FINISHED):
             raise CompareError(f"{d} holds a run without config.json; move it away or delete it")
-        return "new"
-    diffs = config_diff(run.cfg.to_dict(), json.loads(cfg_path.read_text()))
+        return state
+    diffs = config_diff(run.cfg.to_dict(), saved)
     if diffs:
         raise CompareError(
             f"{d} holds a run of another config than the grid asks ({'; '.join(diffs)}); "
             "pass another --out, or delete that directory to retrain it"
         )
-    if is_locked(d):
-        return "running"
-    if (d / "results.json").is_file():
-        return "done"
-    return "resume" if (d / "checkpoint.pt").is_file() else "restart"
+    return "running" if is_locked(d) else state
 
 
 def _saved_threads(run: GridRun) -> GridRun:
@@ -253,12 +244,12 @@ def _failure(run: GridRun, why: str, log_path: Path) -> str:
     )
 
 
-def _train_in_process(run: GridRun, *, resume: bool, data: Any, log_path: Path, log) -> str:
+def _train_in_process(run: GridRun, *, resume: bool, data: Any, log_path: Path) -> str:
     """Trains one run here; returns '' or the one-line failure (traceback in ``log_path``)."""
     from condattn.train import train
 
     try:
-        train(run.cfg, data=data, run_dir=run.run_dir, resume=resume, log=log)
+        train(run.cfg, data=data, run_dir=run.run_dir, resume=resume)
     except Exception as err:  # a crash inside one run: one line here, the traceback in the log
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text(traceback.format_exc())
@@ -320,9 +311,8 @@ def run_grid(
     jobs: int = 1,
     synthetic: bool = False,
     data_root: str | None = None,
-    log: Callable[..., None] = print,
     launcher: Any = None,
-) -> dict[str, str]:
+) -> dict[str, RunState | str]:
     """Trains what the grid still lacks; returns each run's state before this call.
 
     Args:
@@ -331,9 +321,10 @@ def run_grid(
             used when ``launcher`` is None.
         synthetic: train on the synthetic stand-in (``train --synthetic``).
         data_root: a CIFAR-100 folder or archive (``train --data``).
-        log: where progress lines go.
         launcher: how the runs execute (:mod:`condattn.experiments.launchers`); default
             ``LocalLauncher(jobs=jobs)``.
+
+    Progress lines go to the ``condattn.experiments`` loggers (INFO).
 
     Raises:
         CompareError: a run directory does not match the grid, or runs failed (one line each).
@@ -349,20 +340,20 @@ def run_grid(
     states = {run.label: run_state(run) for run in runs}  # every check before any training
     data = load_data(runs[0].cfg, root=data_root, synthetic=synthetic)
     for run in runs:
-        if states[run.label] == "done":
+        if states[run.label] is RunState.FINISHED:
             _check_data(run, data)
-    todo = [r for r in runs if states[r.label] != "done"]
-    counts = {s: sum(v == s for v in states.values()) for s in ("done", "resume", "restart", "new")}
-    running = sum(v == "running" for v in states.values())
-    log(
+    todo = [r for r in runs if states[r.label] is not RunState.FINISHED]
+    counts = {s: sum(v == s for v in states.values()) for s in ("done", "resume", "restart")}
+    counts.update({s: sum(v == s for v in states.values()) for s in ("new", "running")})
+    logger.info(
         f"compare: {len(runs)} runs: {counts['done']} done (reused), {counts['resume']} to "
         f"resume, {counts['restart'] + counts['new']} to train"
-        + (f", {running} running elsewhere (locked)" if running else "")
+        + (f", {counts['running']} running elsewhere (locked)" if counts["running"] else "")
         + f"; data: {data.source}; launcher: {launcher.name}"
     )
-    todo = [_saved_threads(r) if states[r.label] == "resume" else r for r in todo]
+    todo = [_saved_threads(r) if states[r.label] is RunState.STARTED else r for r in todo]
     statuses = launcher.launch(
-        todo, states=states, synthetic=synthetic, data_root=data_root, data=data, log=log
+        todo, states=states, synthetic=synthetic, data_root=data_root, data=data
     )
     failures = [s.detail for s in statuses.values() if s.state == "failed"]
     if any(s.state in ("queued", "running") for s in statuses.values()):

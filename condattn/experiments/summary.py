@@ -22,10 +22,9 @@ from typing import Any
 from condattn._io import atomic_path, atomic_write_text, git_sha
 from condattn.experiments.grid import CompareError, run_dir_for
 from condattn.experiments.stats import describe, paired_difference
-from condattn.train.config import VARIANTS
+from condattn.train.config import VARIANT_LABELS, VARIANTS
 
 __all__ = [
-    "LABELS",
     "PAIRS",
     "find_grid",
     "is_compare_dir",
@@ -36,8 +35,6 @@ __all__ = [
     "write_summary",
 ]
 
-# How compare.md and compare.png name the variants (the paper's SE / SE-A / SE-R).
-LABELS = {"se": "SE", "se_a": "SE-A", "se_r": "SE-R"}
 # The differences of interest, (a, b) meaning a - b: conditioning over heads alone (the paper's
 # point), and each over the plain network.
 PAIRS = (("se_r", "se_a"), ("se_r", "se"), ("se_a", "se"))
@@ -198,7 +195,7 @@ def _ci(ci: Sequence[float] | None) -> str:
 
 def _sentence(d: Mapping[str, Any]) -> str:
     """One plain sentence on whether the difference's interval excludes zero."""
-    a, b = LABELS[d["a"]], LABELS[d["b"]]
+    a, b = VARIANT_LABELS[d["a"]], VARIANT_LABELS[d["b"]]
     head = f"{a} − {b}"
     if not d["n_pairs"]:
         return f"{head}: no seed has finished runs of both."
@@ -243,7 +240,7 @@ def _conditions_text(c: Mapping[str, Any]) -> str:
 def render_markdown(summary: Mapping[str, Any]) -> str:
     """compare.md: conditions, the per-variant table, the differences and one sentence each."""
     c = summary["conditions"]
-    names = " vs ".join(LABELS[v] for v in summary["variants"])
+    names = " vs ".join(VARIANT_LABELS[v] for v in summary["variants"])
     lines = [
         f"# {names}: {c['model']}",
         "",
@@ -258,7 +255,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         spread = f" ± {s['std']:.2f}" if s["std"] is not None else " (one seed: no std)"
         top1 = f"{_num(s['mean'])}{spread}" if s["n"] else "–"
         lines.append(
-            f"| {LABELS[v]} | {top1} | {s['n']} | {_num(s['top5_mean'])} | "
+            f"| {VARIANT_LABELS[v]} | {top1} | {s['n']} | {_num(s['top5_mean'])} | "
             f"{_num(s['best_top1_mean'])} |"
         )
     if summary["differences"]:
@@ -272,7 +269,8 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         ]
         for d in summary["differences"]:
             lines.append(
-                f"| {LABELS[d['a']]} − {LABELS[d['b']]} | {_num(d['mean'], '+.2f')} | "
+                f"| {VARIANT_LABELS[d['a']]} − {VARIANT_LABELS[d['b']]} | "
+                f"{_num(d['mean'], '+.2f')} | "
                 f"{_ci(d['ci95'])} | {_p(d['p'])} | {_p(d['p_welch'])} | {d['n_pairs']} |"
             )
         lines += ["", *(f"- {_sentence(d)}" for d in summary["differences"])]
@@ -318,7 +316,8 @@ def plot_error_curves(
             err = [np.asarray(per_epoch[e]) for e in x]
             mean = np.array([e.mean() for e in err])
             lo, hi = np.array([e.min() for e in err]), np.array([e.max() for e in err])
-            style = {"color": f"C{i % 10}", "marker": "o", "label": f"{LABELS[v]} (n={len(runs)})"}
+            label = f"{VARIANT_LABELS[v]} (n={len(runs)})"
+            style = {"color": f"C{i % 10}", "marker": "o", "label": label}
             if len(x) == 1:  # one epoch: a band has no width; min-max bars, side by side
                 dodge = 0.1 * (i - (len(histories) - 1) / 2)
                 ax.errorbar(np.add(x, dodge), mean, yerr=[mean - lo, hi - mean], capsize=4, **style)

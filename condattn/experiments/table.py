@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,6 @@ def run_table(
     synthetic: bool = False,
     data_root: str | None = None,
     launcher: Any,
-    log: Callable[..., None] = print,
     dry_run: bool = False,
 ) -> dict[str, Any] | None:
     """Trains (or reuses) the table's runs under ``launcher``, then writes the summary.
@@ -93,16 +92,14 @@ def run_table(
         root=root,
     )
     if getattr(getattr(launcher, "options", None), "dry_run", False):  # the array job it'd submit
-        launcher.launch(
-            runs, states={}, synthetic=synthetic, data_root=data_root, data=None, log=log
-        )
+        launcher.launch(runs, states={}, synthetic=synthetic, data_root=data_root, data=None)
         return None
     if dry_run:
-        log(f"dry run: {len(runs)} run(s) under the {launcher.name} launcher:")
+        print(f"dry run: {len(runs)} run(s) under the {launcher.name} launcher:")
         for r in runs:
-            log(f"  {r.label} -> {r.run_dir}")
+            print(f"  {r.label} -> {r.run_dir}", flush=True)
         return None
-    run_grid(runs, synthetic=synthetic, data_root=data_root, log=log, launcher=launcher)
+    run_grid(runs, synthetic=synthetic, data_root=data_root, launcher=launcher)
     return summarize_table(table, runs, seeds=seeds, overrides=overrides, out_dir=out_dir)
 
 

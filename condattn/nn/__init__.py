@@ -5,6 +5,7 @@ from condattn.nn.cbam import Cbam, CondCbam
 from condattn.nn.coord_attn import CondCoordAttn, CoordAttn
 from condattn.nn.eca import CondEca, Eca
 from condattn.nn.eca_extra import CondCeca
+from condattn.nn.film import CondFilm, FilmGate
 from condattn.nn.gather_excite import CondGatherExcite
 from condattn.nn.global_context import CondGlobalContext
 from condattn.nn.light_cbam import CondLightCbam
@@ -25,6 +26,7 @@ __all__ = [
     "CondCoordAttn",
     "CondEca",
     "CondEffectiveSE",
+    "CondFilm",
     "CondGatherExcite",
     "CondGlobalContext",
     "CondLightCbam",
@@ -35,5 +37,6 @@ __all__ = [
     "CondSqueezeExcite",
     "CoordAttn",
     "Eca",
+    "FilmGate",
     "SqueezeExcite",
 ]

@@ -1,10 +1,10 @@
-"""Argument checks, the T-column initialisation and the pooling shared by the attention blocks."""
+"""Argument checks, the T-column initialisation, the conditioned 1x1 map and the pooling shared
+by the attention blocks (ours and the twins of timm's)."""
 
 from __future__ import annotations
 
-import math
-
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 INITS = ("zeros", "default")
@@ -120,14 +120,34 @@ def init_cond_columns(weight: Tensor, cond_dim: int, init: str) -> None:
     like PyTorch's default Linear/Conv init for the whole layer (fan-in includes T), i.e. what a
     network built from scratch with ``cond_dim`` more inputs to W1 would get.
     """
+    init_cond_matrix(weight[:, :cond_dim], init=init, fan_in=weight[0].numel())
+
+
+def cond_conv1x1(conv: nn.Conv2d, g: Tensor, t: Tensor, cond_dim: int) -> Tensor:
+    """``conv([T; g])`` for a 1x1, groups=1 conv whose first ``cond_dim`` inputs read T.
+
+    T is broadcast over the positions of ``g``, so ``W [T; g] + b = W_g g + b + W_T T``: computed
+    that way, without a broadcast copy of T. Shapes: g ``(B, C, h, w)``, t ``(B, n)``.
+    """
+    w = conv.weight  # (out, n + C, 1, 1)
+    y = F.conv2d(g, w[:, cond_dim:], conv.bias)  # W_g g + b: (B, out, h, w)
+    return y + (t @ w[:, :cond_dim].flatten(1).t())[:, :, None, None]  # + W_T T
+
+
+@torch.no_grad()
+def init_cond_matrix(weight: Tensor, *, init: str, fan_in: int) -> None:
+    """Initialise a T-map ``W_T`` kept apart from the layer it extends.
+
+    ``"zeros"``: the twin computes its source's function. ``"default"``: uniform in
+    ``+-1/sqrt(fan_in)``, PyTorch's default bound for the layer widened by T (``fan_in``
+    counts T and the layer's own inputs), as :func:`init_cond_columns` for T-columns inside a layer.
+    """
     check_init(init)
-    cols = weight[:, :cond_dim]
     if init == "zeros":
-        cols.zero_()
+        weight.zero_()
     else:
-        fan_in = weight[0].numel()
-        bound = 1.0 / math.sqrt(fan_in)
-        cols.uniform_(-bound, bound)
+        bound = 1.0 / fan_in**0.5
+        weight.uniform_(-bound, bound)
 
 
 @torch.no_grad()

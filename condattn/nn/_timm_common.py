@@ -9,17 +9,13 @@ from __future__ import annotations
 import copy
 import importlib
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from condattn.nn._common import check_init, check_source, cond_dim_of, load_layer
+from condattn.nn._common import check_source, cond_conv1x1, cond_dim_of, load_layer
 
 __all__ = [
     "CondConvMlp",
     "check_timm_source",
-    "cond_conv1x1",
-    "init_cond_matrix",
     "make_divisible",
     "timm_type",
 ]
@@ -54,33 +50,6 @@ def make_divisible(
     if new_v < round_limit * v:
         new_v += divisor
     return new_v
-
-
-def cond_conv1x1(conv: nn.Conv2d, g: Tensor, t: Tensor, cond_dim: int) -> Tensor:
-    """``conv([T; g])`` for a 1x1, groups=1 conv whose first ``cond_dim`` inputs read T.
-
-    T is broadcast over the positions of ``g``, so ``W [T; g] + b = W_g g + b + W_T T``: computed
-    that way, without a broadcast copy of T. Shapes: g ``(B, C, h, w)``, t ``(B, n)``.
-    """
-    w = conv.weight  # (out, n + C, 1, 1)
-    y = F.conv2d(g, w[:, cond_dim:], conv.bias)  # W_g g + b: (B, out, h, w)
-    return y + (t @ w[:, :cond_dim].flatten(1).t())[:, :, None, None]  # + W_T T
-
-
-@torch.no_grad()
-def init_cond_matrix(weight: Tensor, *, init: str, fan_in: int) -> None:
-    """Initialise a T-map ``W_T`` kept apart from the layer it extends.
-
-    ``"zeros"``: the twin computes its source's function. ``"default"``: uniform in
-    ``+-1/sqrt(fan_in)``, PyTorch's default bound for the layer widened by T (``fan_in``
-    counts T and the layer's own inputs), as :func:`condattn.nn._common.init_cond_columns`.
-    """
-    check_init(init)
-    if init == "zeros":
-        weight.zero_()
-    else:
-        bound = 1.0 / fan_in**0.5
-        weight.uniform_(-bound, bound)
 
 
 class CondConvMlp(nn.Module):

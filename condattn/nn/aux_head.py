@@ -57,10 +57,13 @@ class AuxHead(nn.Module):
         self.fc2 = nn.Linear(hidden, num_classes)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, *, features: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """The logits; with ``features=True``, ``(logits, h)`` where ``h`` is the penultimate
+        activation that ``fc2`` reads (``cond="features"``, condattn's information control)."""
         x = F.adaptive_avg_pool2d(x, self.pool_size)  # (B, C, 4, 4)
         x = F.relu(self.bn(self.conv(x)))  # (B, 128, 4, 4)
         x = torch.flatten(x, 1)  # (B, 2048)
         x = F.relu(self.fc1(x))  # (B, 1024)
-        x = self.dropout(x)  # (B, 1024)
-        return self.fc2(x)  # (B, n)
+        h = self.dropout(x)  # (B, 1024)
+        logits = self.fc2(h)  # (B, n)
+        return (logits, h) if features else logits

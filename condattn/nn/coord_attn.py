@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange, reduce
 from torch import Tensor, nn
 
@@ -13,6 +12,7 @@ from condattn.nn._common import (
     as_cond,
     check_positive_int,
     check_source,
+    cond_conv1x1,
     cond_dim_of,
     load_layer,
     source_channels,
@@ -140,9 +140,7 @@ class CondCoordAttn(nn.Module):
     def _scale(self, x: Tensor, cond: Tensor) -> Tensor:
         """The gate ``a_h * a_w``: ``(B, C, H, W)``."""
         t = as_cond(cond, x, self.cond_dim)
-        w1 = self.conv1.weight.flatten(1)  # (mip, n + C)
-        y = F.conv2d(_pool_hw(x), self.conv1.weight[:, self.cond_dim :], self.conv1.bias)
-        y = y + (t @ w1[:, : self.cond_dim].t())[:, :, None, None]  # + W1_T T, every position
+        y = cond_conv1x1(self.conv1, _pool_hw(x), t, self.cond_dim)  # W1 [T; pool], T everywhere
         return self._gates(y, x.shape[2], x.shape[3])
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:

@@ -13,9 +13,10 @@ from condattn.nn._common import (
     check_positive_int,
     cond_dim_of,
     global_avg_pool,
+    init_cond_matrix,
     source_channels,
 )
-from condattn.nn._timm_common import check_timm_source, init_cond_matrix
+from condattn.nn._timm_common import check_timm_source
 
 torch.fx.wrap("global_avg_pool")  # traced as one call: its dtype and layout tests need tensors
 

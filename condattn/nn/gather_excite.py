@@ -13,13 +13,13 @@ from condattn.nn._common import (
     check_positive_int,
     cond_dim_of,
     global_avg_pool,
+    init_cond_matrix,
     reduced_channels,
     source_channels,
 )
 from condattn.nn._timm_common import (
     CondConvMlp,
     check_timm_source,
-    init_cond_matrix,
     timm_type,
 )
 

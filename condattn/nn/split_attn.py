@@ -13,11 +13,11 @@ from condattn.nn._common import (
     check_positive_int,
     cond_dim_of,
     global_avg_pool,
+    init_cond_matrix,
     source_channels,
 )
 from condattn.nn._timm_common import (
     check_timm_source,
-    init_cond_matrix,
     make_divisible,
     timm_type,
 )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor, nn
 
@@ -51,7 +49,6 @@ def load_data(
     root: str | None = None,
     synthetic: bool = False,
     download: bool = False,
-    log: Callable[[str], None] | None = None,
 ) -> ImageData:
     """Loads ``data.dataset`` (or the synthetic stand-in) and applies ``data.train_subset`` and
     ``data.test_subset``.
@@ -63,7 +60,6 @@ def load_data(
         synthetic: use the in-memory synthetic set of ``data.synthetic_train/test`` images
             (the same as ``data.dataset = "synthetic"``).
         download: fetch the CIFAR archive when none is found (needs internet access).
-        log: progress lines of a first image-folder decoding (default: stderr).
 
     Returns:
         :class:`~condattn.data.ImageData`; a subset keeps the full train split's mean/std.
@@ -84,7 +80,6 @@ def load_data(
         n_train=d.synthetic_train,
         n_test=d.synthetic_test,
         seed=0,
-        log=log,
     )
     data = load_dataset("synthetic" if synthetic else d.dataset, options)
     train_x, train_y = _subset(data.train_images, data.train_labels, d.train_subset, "tr")
@@ -192,6 +187,8 @@ def build_model(cfg: TrainConfig, *, num_classes: int) -> nn.Module:
         num_classes=num_classes,
         conditioned=m.variant == "se_r",
         cond=m.cond,
+        cond_mode=m.cond_mode,
+        cond_rank=m.cond_rank or None,
         detach_cond=m.detach_cond,
         aux_dropout=m.aux_dropout,
         aux_head=m.aux_head or None,

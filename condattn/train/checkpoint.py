@@ -22,7 +22,7 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from condattn._io import atomic_torch_save
 from condattn.models import create_model
 from condattn.train.build import build_model
-from condattn.train.config import TrainConfig
+from condattn.train.config import VARIANT_LABELS, TrainConfig
 from condattn.train.recipe import config_from_dict
 from condattn.transform.serialization import load as load_converted
 from condattn.transform.serialization import load_base_state_dict
@@ -41,6 +41,8 @@ __all__ = [
     "CheckpointError",
     "LoadedModel",
     "apply_init_weights",
+    "checkpoint_file",
+    "file_kind",
     "load_checkpoint",
     "load_model",
     "model_from_checkpoint",
@@ -147,21 +149,40 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         FileNotFoundError: no checkpoint at ``path``.
         CheckpointError: the file is not a condattn run checkpoint (one-line message).
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
+    path = checkpoint_file(path)
     return _check_run_checkpoint(path, read_torch_file(path))
 
 
 _RUN_KEYS = ("format_version", "model", "config", "epoch")
 
 
-def _is_run_checkpoint(payload: Any) -> bool:
-    return isinstance(payload, dict) and "format_version" in payload
+def checkpoint_file(path: str | os.PathLike[str]) -> Path:
+    """The checkpoint a user names: ``path`` itself, or ``checkpoint.pt`` in a run directory."""
+    path = Path(path)
+    return path / CHECKPOINT_NAME if path.is_dir() else path
+
+
+def file_kind(payload: Any) -> Literal["run", "saved", "state_dict", "unknown"]:
+    """What a loaded file holds, the one place condattn tells its files apart.
+
+    ``"run"``: a run checkpoint (:func:`save_checkpoint`; checked further by
+    :func:`load_checkpoint`); ``"saved"``: a converted model written by :func:`condattn.save`
+    (state_dict + conversion config); ``"state_dict"``: a plain dict of tensors
+    (``torch.save(model.state_dict())``); ``"unknown"``: anything else.
+    """
+    if not isinstance(payload, dict) or not payload:
+        return "unknown"
+    if "format_version" in payload:
+        return "run"
+    if {"format", "config", "state_dict"} <= payload.keys():
+        return "saved"
+    if all(isinstance(v, Tensor) for v in payload.values()):
+        return "state_dict"
+    return "unknown"
 
 
 def _check_run_checkpoint(path: Path, state: Any) -> dict[str, Any]:
-    if isinstance(state, dict) and {"format", "state_dict"} <= state.keys():
+    if file_kind(state) == "saved":
         raise CheckpointError(
             f"{path}: a condattn.save file, not a run checkpoint; condattn analyze reads it "
             "(with --arch)"
@@ -194,16 +215,15 @@ def read_init_weights(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], 
         CheckpointError: nothing there, an unreadable file, a converted (se_a/se_r) run or a
             :func:`condattn.save` file (their weights are not a plain model's), or neither kind.
     """
-    p = Path(path)
-    if p.is_dir():
-        p = p / CHECKPOINT_NAME
+    p = checkpoint_file(path)
     if not p.is_file():
         raise CheckpointError(
             f"model.init_from: no file at {p}; give a plain (variant 'se') run's checkpoint.pt "
             "or run directory, or a file of torch.save(model.state_dict())"
         )
     payload = read_torch_file(p)
-    if _is_run_checkpoint(payload):
+    kind = file_kind(payload)
+    if kind == "run":
         state = _check_run_checkpoint(p, payload)
         variant = state["config"].get("model", {}).get("variant")
         if variant != "se":
@@ -212,16 +232,12 @@ def read_init_weights(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], 
                 "plain model's weights: a variant 'se' run"
             )
         return state["model"], f"{p} (run {state['config'].get('name')!r}, epoch {state['epoch']})"
-    if isinstance(payload, dict) and {"format", "state_dict"} <= payload.keys():
+    if kind == "saved":
         raise CheckpointError(
             f"model.init_from: {p} is a condattn.save file of a converted model; give the "
             "plain model's weights (a variant 'se' run or its state_dict)"
         )
-    if (
-        isinstance(payload, dict)
-        and payload
-        and all(isinstance(v, Tensor) for v in payload.values())
-    ):
+    if kind == "state_dict":
         return payload, str(p)
     raise CheckpointError(
         f"model.init_from: {p} is neither a condattn run checkpoint nor a state_dict "
@@ -308,17 +324,17 @@ def load_model(
         FileNotFoundError: nothing at ``path``.
         ValueError: the file is neither kind, or a condattn.save file comes without ``arch``.
     """
-    path = Path(path)
-    file = path / CHECKPOINT_NAME if path.is_dir() else path
+    file = checkpoint_file(path)
     payload = read_torch_file(file)
-    if _is_run_checkpoint(payload):
+    kind = file_kind(payload)
+    if kind == "run":
         payload = _check_run_checkpoint(file, payload)
         n = num_classes or _num_classes(payload["model"])
         model = model_from_checkpoint(payload, num_classes=n, source=str(file))
         cfg = config_from_dict(payload["config"])
-        label = {"se": "SE", "se_a": "SE-A", "se_r": "SE-R"}[cfg.model.variant]
+        label = VARIANT_LABELS[cfg.model.variant]
         return LoadedModel(model, f"{label} ({cfg.name})", cfg, payload.get("epoch"))
-    if isinstance(payload, dict) and {"config", "state_dict"} <= payload.keys():
+    if kind == "saved":
         if arch is None:
             raise CheckpointError(
                 f"{file} was written by condattn.save: give its base model (--arch)"

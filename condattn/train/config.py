@@ -17,10 +17,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from condattn._hw import CHANNELS_LAST, COMPILE_MODES, PRECISIONS
-from condattn.transform.convert import (
-    AUX_HEAD_KEYS,  # [model.aux_head] takes what convert's aux_head does
-)
+from condattn.nn._common import INITS  # model.cond_init: the twins' T-column inits
+from condattn.train.speed import CHANNELS_LAST, COMPILE_MODES, PRECISIONS
+from condattn.transform.conds import COND_MODES, CONDS  # model.cond / model.cond_mode
+from condattn.transform.config import AUX_HEAD_KEYS  # [model.aux_head]: convert's aux_head keys
 
 __all__ = [
     "CHOICES",
@@ -28,6 +28,7 @@ __all__ = [
     "PAPER_LOSS_W",
     "SECTIONS",
     "VARIANTS",
+    "VARIANT_LABELS",
     "ConfigError",
     "DataConfig",
     "LossConfig",
@@ -41,8 +42,8 @@ __all__ = [
 ]
 
 VARIANTS = ("se", "se_a", "se_r")  # plain SE-ResNet, aux heads only (SE-A), conditioned (SE-R)
-COND_INITS = ("default", "zeros")
-CONDS = ("logits", "probs")
+# How tables, plots and logs name the variants (the paper's names).
+VARIANT_LABELS = {"se": "SE", "se_a": "SE-A", "se_r": "SE-R"}
 DEVICES = ("auto", "cpu", "cuda")
 # model.aux_at = "auto" (read as a one-entry list); convert places this many heads.
 AUX_AT_AUTO = ("auto",)
@@ -88,6 +89,12 @@ class ModelConfig:
     # What is fed as T (Eq. 4): the aux logits or their softmax. The paper does not say; raw
     # logits are our choice (docs/concepts.md, "The paper's facts vs our choices").
     cond: str = "logits"
+    # condattn's controls and extensions (docs/concepts.md): "features" (the heads' penultimate
+    # activations as T) and "shuffled" (another image's logits) are the cond values above;
+    # how T enters: "concat" (Eq. 4) or "film" (a scale and shift of the gate's pre-activation)
+    cond_mode: str = "concat"
+    # k > 0: project T to k values per head before the blocks (many classes); 0: T whole (paper)
+    cond_rank: int = 0
     # Stop gradients from the attention into the heads. The paper does not say; letting them
     # flow is our choice.
     detach_cond: bool = False
@@ -200,8 +207,9 @@ class SystemConfig:
     seed: int = 0
     # "auto" = cuda when available.
     device: str = "auto"
-    # The speed keys below are decided once at start-up from the hardware (condattn._hw.decide)
-    # and logged in environment.json; "auto" picks, any other value overrides.
+    # The speed keys below are decided once at start-up from the hardware
+    # (condattn.train.speed.decide) and logged in environment.json; "auto" picks, any other
+    # value overrides.
     # "auto": bf16 autocast of forward and loss where the hardware runs bf16 natively (CUDA GPUs
     # with bf16, CPUs with AMX or AVX512-BF16), else "fp32". Weights and optimiser stay fp32.
     precision: str = "auto"
@@ -273,8 +281,9 @@ SECTIONS: dict[str, type] = {
 # The fixed vocabularies, by (section, key): a value outside them is refused with this list.
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("model", "variant"): VARIANTS,
-    ("model", "cond_init"): COND_INITS,
+    ("model", "cond_init"): INITS,
     ("model", "cond"): CONDS,
+    ("model", "cond_mode"): COND_MODES,
     ("system", "device"): DEVICES,
     ("system", "precision"): PRECISIONS,
     ("system", "channels_last"): CHANNELS_LAST,
@@ -349,6 +358,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"model.widths needs 4 entries (one per stage), got {m.widths}")
     if not 0.0 <= m.aux_dropout < 1.0:
         raise ConfigError(f"model.aux_dropout must lie in [0, 1), got {m.aux_dropout}")
+    if m.cond_rank < 0:
+        raise ConfigError(f"model.cond_rank must be >= 0 (0: T whole), got {m.cond_rank}")
     if m.variant == "se":  # no heads: aux settings do not apply and are recorded as empty
         m = dataclasses.replace(m, aux_at=(), aux_model="", aux_model_feeds=(), aux_head={})
         cfg = dataclasses.replace(cfg, model=m, loss=dataclasses.replace(cfg.loss, aux_weights=()))

@@ -6,8 +6,7 @@ Run directory (written by rank 0 only)::
     environment.json           device, torch, git SHA, threads, host, and the speed plan
                                (precision, channels_last, compile, threads: why each) per start
     metrics.jsonl              one line per epoch (losses, lr, train/test top-1/top-5, timings)
-    tensorboard/               the same per epoch as TensorBoard events (condattn.train.tensorboard)
-    .lock                      flock'ed by the one process training the run (condattn.train.lock)
+    tensorboard/, .lock        TensorBoard events per epoch; the one trainer's flock (train.lock)
     checkpoint.pt              written atomically after every epoch; ``resume=True`` continues it
     curves.png                 train and test top-1 error vs epoch (paper Figs. 3-5)
     results.json               final AND best epoch; the final one is the reported number (our
@@ -27,16 +26,17 @@ fixed ``system.threads``, a run killed at any point and resumed from its last ch
 exactly the trajectory of an uninterrupted run (bit-identical weights and metrics).
 
 Speed: the precision (bf16 autocast or fp32), memory format, compile mode and thread count are
-decided once per start by :func:`speed_plan` (:func:`condattn._hw.decide` on this machine) and
-used alike by training and evaluation. A step never waits for the device: metrics accumulate on
-it (:class:`~condattn.train.metrics.MetricSums`) and are read once per epoch.
+decided once per start by :func:`speed_plan` (:func:`condattn.train.speed.decide` on this
+machine) and used alike by training and evaluation. A step never waits for the device:
+metrics accumulate on it (:class:`~condattn.train.metrics.MetricSums`) and are read once per
+epoch.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
+import logging
 import os
 import sys
 import time
@@ -48,8 +48,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from condattn._hw import SpeedPlan, ThreadGovernor, decide, detect, thread_env_record
-from condattn._io import atomic_write_text, derive_seed, provenance
+from condattn._io import derive_seed, provenance
+from condattn._omp_env import thread_env_record
 from condattn.data import CifarData, TensorLoader
 from condattn.losses import DeepSupervisionLoss
 from condattn.profiling import count_params
@@ -71,23 +71,24 @@ from condattn.train.checkpoint import (
     set_rng_state,
 )
 from condattn.train.config import TrainConfig
+from condattn.train.governor import ThreadGovernor
 from condattn.train.lock import RunLock
-from condattn.train.metrics import MetricSums, append_jsonl, read_jsonl, write_json, write_jsonl
-from condattn.train.recipe import config_to_toml
+from condattn.train.metrics import MetricSums, append_jsonl, write_json
+from condattn.train.progress import Heartbeat, epoch_message, show_progress
+from condattn.train.rundir import config_diff, may_differ, open_run_dir, results_record
 from condattn.train.schedule import PaperSchedule, make_scheduler
+from condattn.train.speed import SpeedPlan, decide, detect
 from condattn.train.tensorboard import EpochWriter
 
 __all__ = ["TIMING_FIELDS", "evaluate", "speed_plan", "train"]
 
+# Rank 0 logs one line per epoch (and progress lines without a bar) at INFO; the `condattn`
+# command shows them on the console.
+logger = logging.getLogger(__name__)
+
 # Fields of a metrics.jsonl line that measure time or follow the machine's load, and so differ
 # between identical runs.
 TIMING_FIELDS = ("epoch_time_s", "train_time_s", "eval_time_s", "img_per_s", "threads")
-# Config keys that may differ when resuming (they do not change the trajectory).
-_RESUME_MAY_CHANGE = {("system", "progress"), ("optim", "epochs")}
-# Without a progress bar (stdout not a terminal, or system.progress = "off"), rank 0 logs a line
-# at least this often (seconds) during an epoch, so that a job under nohup or writing to a log
-# file is never silent for minutes. A module constant, so that tests can make it tiny.
-LOG_EVERY_S = 30.0
 
 
 @contextlib.contextmanager
@@ -113,7 +114,8 @@ def _global_torch_state(cfg: TrainConfig, device: torch.device, plan: SpeedPlan)
 
 
 def speed_plan(cfg: TrainConfig, device: torch.device, *, steps: int | None = None) -> SpeedPlan:
-    """The run's speed choices: :func:`condattn._hw.decide` for this machine and ``[system]``.
+    """The run's speed choices: :func:`~condattn.train.speed.decide` for this machine and
+    ``[system]``.
 
     Args:
         cfg: the config (``system.precision``, ``channels_last``, ``compile``, ``threads``).
@@ -152,29 +154,14 @@ def evaluate(
 
 
 def _check_resumable(cfg: TrainConfig, saved: dict[str, Any]) -> None:
-    """Refuses to resume under another config. A key missing from the checkpoint's config (saved
-    before that field existed, e.g. ``model.kwargs`` or ``data.dataset``) counts as its default."""
-    now, defaults = cfg.to_dict(), TrainConfig().to_dict()
-    diffs = [
-        f"{section}.{k}: checkpoint {old!r} != now {v!r}"
-        for section in now
-        if isinstance(now[section], dict)
-        for k, v in now[section].items()
-        if (section, k) not in _RESUME_MAY_CHANGE
-        and (old := saved.get(section, {}).get(k, defaults[section][k])) != v
-    ]
+    """Refuses to resume under another config (:func:`condattn.train.rundir.config_diff`)."""
+    diffs = config_diff(cfg.to_dict(), saved, purpose="resume")
     if diffs:
+        listed = "; ".join(f"{key}: checkpoint {old!r} != now {new!r}" for key, old, new in diffs)
         raise ValueError(
-            f"cannot resume: the config differs from the checkpoint's: {'; '.join(diffs)} (only "
-            f"{', '.join(sorted('.'.join(k) for k in _RESUME_MAY_CHANGE))} may change; "
-            "--overwrite starts over)"
+            f"cannot resume: the config differs from the checkpoint's: {listed} (only "
+            f"{', '.join(may_differ('resume'))} may change; --overwrite starts over)"
         )
-
-
-def _show_progress(cfg: TrainConfig, env: D.DistEnv) -> bool:
-    if not env.is_main or cfg.system.progress == "off":
-        return False
-    return cfg.system.progress == "on" or sys.stdout.isatty()
 
 
 def train(
@@ -183,7 +170,6 @@ def train(
     data: CifarData,
     run_dir: str | os.PathLike[str],
     resume: bool = False,
-    log: Callable[..., None] = print,
     lock_wait_s: float = 0.0,
 ) -> dict[str, Any]:
     """Trains ``cfg`` on ``data`` and evaluates every epoch; returns the results dict.
@@ -193,20 +179,16 @@ def train(
         data: train and test splits (uint8 images).
         run_dir: where rank 0 writes the run directory (see the module docstring).
         resume: continue from ``run_dir/checkpoint.pt`` (the config must match).
-        log: where rank 0's one-line-per-epoch summaries go.
-        lock_wait_s: how long rank 0 waits for another process's lock on ``run_dir``.
+        lock_wait_s: seconds rank 0 waits for another trainer's lock (:mod:`.lock`).
 
-    Under torchrun each process calls this; the process group is set up here. Rank 0 owns
-    ``run_dir`` through :class:`~condattn.train.lock.RunLock` from before it reads the checkpoint
-    until it returns: a directory another live process trains raises
-    :class:`~condattn.train.lock.RunLockedError` instead of being trained twice.
+    Rank 0 logs its one-line-per-epoch summaries to the ``condattn.train.loop`` logger (INFO).
+
+    Under torchrun each process calls this; the process group is set up here.
     """
     run_dir = Path(run_dir)
     env = D.detect()
     device = D.device_for(env, cfg.system.device)
     env = D.setup(device)
-    if not env.is_main:
-        log = lambda *a, **k: None  # noqa: E731
     steps = cfg.optim.epochs * (int(data.train_images.shape[0]) // cfg.optim.batch_size)
     plan = speed_plan(cfg, device, steps=steps)
     owner = RunLock(run_dir, wait_s=lock_wait_s) if env.is_main else contextlib.nullcontext()
@@ -222,9 +204,10 @@ def train(
         run = _build(cfg, data=data, run_dir=run_dir, env=env, device=device, plan=plan)
         if init is not None:  # fine-tuning: the plain model's weights (model.init_from)
             apply_init_weights(run.core, init[0], variant=cfg.model.variant, source=init[1])
-            log(f"weights from {init[1]}")
+            if env.is_main:
+                logger.info(f"weights from {init[1]}")
         _restore(run, state, resume=resume)
-        return _fit(run, data=data, log=log)
+        return _fit(run, data=data)
 
 
 @dataclasses.dataclass
@@ -330,59 +313,43 @@ def _restore(run: _Run, state: dict[str, Any] | None, *, resume: bool) -> None:
         set_rng_state(state["rng"])
         run.start_epoch, run.best = state["epoch"], state["best"]  # epochs finished
     if run.env.is_main:
-        _open_run_dir(run, resume=resume)
+        entry = {
+            **provenance(run.device, world_size=run.env.world_size, argv=sys.argv),
+            "start_epoch": run.start_epoch + 1,  # the first epoch this start runs (1-based)
+            "resumed": resume,
+            "speed": run.plan.to_dict(),  # the start-up choices, why, and the capabilities read
+            "thread_env": thread_env_record(),
+        }
+        run.history = open_run_dir(
+            run.run_dir, run.cfg, start=entry, resume=resume, epochs_done=run.start_epoch
+        )
     D.barrier()
 
 
-def _open_run_dir(run: _Run, *, resume: bool) -> None:
-    """Writes the config and this start's environment; keeps the metrics the checkpoint covers."""
-    d, cfg = run.run_dir, run.cfg
-    d.mkdir(parents=True, exist_ok=True)
-    write_json(d / "config.json", cfg.to_dict())
-    atomic_write_text(d / "config.toml", config_to_toml(cfg))
-    starts = []
-    if resume and (d / "environment.json").exists():
-        starts = json.loads((d / "environment.json").read_text()).get("starts", [])
-    entry = {
-        **provenance(run.device, world_size=run.env.world_size, argv=sys.argv),
-        "start_epoch": run.start_epoch + 1,  # the first epoch this start runs (1-based)
-        "resumed": resume,
-        "speed": run.plan.to_dict(),  # the start-up choices, why, and the capabilities read
-        "thread_env": thread_env_record(),
-    }
-    write_json(d / "environment.json", {"starts": [*starts, entry]})
-    # Drop lines of epochs the checkpoint does not cover (killed after logging them).
-    run.history = [r for r in read_jsonl(d / "metrics.jsonl") if r["epoch"] <= run.start_epoch]
-    write_jsonl(d / "metrics.jsonl", run.history)
-
-
-def _fit(run: _Run, *, data: CifarData, log: Callable[..., None]) -> dict[str, Any]:
+def _fit(run: _Run, *, data: CifarData) -> dict[str, Any]:
     """Steps 3-5 for every remaining epoch, then the results (rank 0 writes results.json)."""
     cfg, env = run.cfg, run.env
     net, eval_net = _nets(run)
     params = count_params(run.core)
+    log = logger.info if env.is_main else (lambda msg: None)  # ranks > 0 say nothing
     log(
         f"model {cfg.model.arch} variant={cfg.model.variant} params={params / 1e6:.3f}M "
         f"device={run.device} world_size={env.world_size} run_dir={run.run_dir}"
     )
     log(f"data: {data.source}")
-    show = _show_progress(cfg, env)
+    show = show_progress(cfg.system.progress, is_main=env.is_main)
     t_run = time.perf_counter()
     epochs = range(run.start_epoch, cfg.optim.epochs)
-    run.tb = EpochWriter(run.run_dir) if env.is_main else None
-    try:
-        for epoch in tqdm(
-            epochs, desc="epochs", disable=not show, initial=run.start_epoch, total=cfg.optim.epochs
-        ):
-            row = _run_epoch(run, net, eval_net, epoch, show=show, log=log)
-            _record(run, row)
-            msg = _epoch_message(row, epochs=cfg.optim.epochs)
-            (tqdm.write if show else log)(msg)
-            D.barrier()
-    finally:
-        if run.tb is not None:
-            run.tb.close()
-    results = _results(cfg, run.history, run.best, params=params, data=data, env=env)
+    for epoch in tqdm(
+        epochs, desc="epochs", disable=not show, initial=run.start_epoch, total=cfg.optim.epochs
+    ):
+        row = _run_epoch(run, net, eval_net, epoch, show=show)
+        _record(run, row)
+        log(epoch_message(row, epochs=cfg.optim.epochs))
+        D.barrier()
+    results = results_record(
+        cfg, run.history, run.best, params=params, data=data, world_size=env.world_size
+    )
     results["wall_time_s_this_start"] = time.perf_counter() - t_run
     if env.is_main:
         write_json(run.run_dir / "results.json", results)
@@ -413,11 +380,10 @@ def _run_epoch(
     epoch: int,
     *,
     show: bool,
-    log: Callable[..., None],
 ) -> dict[str, Any]:
     """One epoch: train (step 3), evaluate (step 4); returns its metrics.jsonl row."""
     t0 = time.perf_counter()
-    tr, lr_start, lr_last = _train_epoch(run, net, epoch, show=show, log=log)
+    tr, lr_start, lr_last = _train_epoch(run, net, epoch, show=show)
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)
     t_train = time.perf_counter() - t0
@@ -447,10 +413,11 @@ def _run_epoch(
 
 
 def _train_epoch(
-    run: _Run, net: nn.Module, epoch: int, *, show: bool, log: Callable[..., None]
+    run: _Run, net: nn.Module, epoch: int, *, show: bool
 ) -> tuple[dict[str, Any], float, float]:
     """Step 3: one pass over the training set; returns the (all-reduced) means and the lrs of
-    the first and the last step. Without a bar, rank 0 logs progress (:class:`_Heartbeat`)."""
+    the first and the last step. Without a bar, rank 0 logs progress
+    (:class:`~condattn.train.progress.Heartbeat`)."""
     torch.manual_seed(derive_seed(run.cfg.system.seed, "torch", epoch))  # dropout: (seed, epoch)
     net.train()
     sums = MetricSums(num_aux=run.num_aux, device=run.device)
@@ -462,7 +429,10 @@ def _train_epoch(
         leave=False,
         disable=not show,
     )
-    beat = _Heartbeat(run, epoch, log=log) if run.env.is_main and not show else None
+    beat = None
+    if run.env.is_main and not show:
+        steps_n, world = len(run.train_loader), run.env.world_size
+        beat = Heartbeat(epoch, epochs=run.cfg.optim.epochs, steps=steps_n, world_size=world)
     lr_last = _train_steps(run, net, steps, sums=sums, on_step=beat)
     D.all_reduce_sum(sums.sums)
     return sums.means(), lr_start, lr_last
@@ -498,30 +468,6 @@ def _train_steps(
     return lr
 
 
-class _Heartbeat:
-    """Logs ``epoch e/E step k/n | img/s | loss`` at most every :data:`LOG_EVERY_S` seconds.
-
-    Checking the clock costs nothing; the running sums are copied to the host (a sync on a GPU)
-    only when a line is due, so the steps in between stay free of host syncs.
-    """
-
-    def __init__(self, run: _Run, epoch: int, *, log: Callable[..., None]) -> None:
-        self.log, self.epoch, self.epochs = log, epoch, run.cfg.optim.epochs
-        self.total, self.world_size = len(run.train_loader), run.env.world_size
-        self.t0 = self.last = time.perf_counter()
-
-    def __call__(self, step: int, sums: MetricSums) -> None:
-        if time.perf_counter() - self.last < LOG_EVERY_S:
-            return
-        m = sums.means()  # this rank's running means so far (the sync happens here)
-        self.last = time.perf_counter()
-        rate = m["n"] * self.world_size / max(self.last - self.t0, 1e-9)
-        self.log(
-            f"epoch {self.epoch + 1}/{self.epochs} step {step}/{self.total} | {rate:.0f} img/s "
-            f"| loss {m['loss']:.4f} train top1 {m['top1']:.2f}"
-        )
-
-
 def _record(run: _Run, row: dict[str, Any]) -> None:
     """Step 5: track the best epoch; rank 0 appends the row, redraws the curves, checkpoints."""
     if row["test_top1"] > run.best["top1"]:
@@ -530,8 +476,8 @@ def _record(run: _Run, row: dict[str, Any]) -> None:
     if not run.env.is_main:
         return
     append_jsonl(run.run_dir / "metrics.jsonl", row)
-    if run.tb is not None:
-        run.tb.log_epoch(row)
+    run.tb = run.tb or EpochWriter(run.run_dir)
+    run.tb.log_epoch(row, last=row["epoch"] == run.cfg.optim.epochs)  # closes after the last
     _plot(run.run_dir, run.history, run.cfg)
     save_checkpoint(
         run.run_dir / CHECKPOINT_NAME,
@@ -547,45 +493,7 @@ def _record(run: _Run, row: dict[str, Any]) -> None:
     )
 
 
-def _epoch_message(row: dict[str, Any], *, epochs: int) -> str:
-    return (
-        f"epoch {row['epoch']}/{epochs} loss {row['loss']:.4f} lr {row['lr']:.4g} "
-        f"train top1 {row['train_top1']:.2f} test top1 {row['test_top1']:.2f} "
-        f"top5 {row['test_top5']:.2f} | {row['epoch_time_s']:.1f} s, {row['img_per_s']:.0f} img/s"
-    )
-
-
 def _plot(run_dir: Path, history: list[dict[str, Any]], cfg: TrainConfig) -> None:
     from condattn.train.plots import plot_curves  # deferred: matplotlib import is slow
 
     plot_curves(history, run_dir / "curves.png", title=f"{cfg.name} ({cfg.model.variant})")
-
-
-def _results(cfg, history, best, *, params, data, env) -> dict[str, Any]:
-    last = history[-1] if history else {}
-    paper = cfg.paper.top1 or None
-    final_top1 = last.get("test_top1")
-    return {
-        "name": cfg.name,
-        "arch": cfg.model.arch,
-        "variant": cfg.model.variant,
-        "aux_weights": list(cfg.loss.aux_weights),
-        "seed": cfg.system.seed,
-        "epochs": cfg.optim.epochs,
-        "reported": "final",
-        "final": {
-            "epoch": last.get("epoch"),
-            "top1": final_top1,
-            "top5": last.get("test_top5"),
-            "test_loss": last.get("test_loss"),
-        },
-        "best": best,
-        "paper": {"tables": list(cfg.paper.tables), "row": cfg.paper.row, "top1": paper},
-        "delta_vs_paper": (final_top1 - paper) if paper and final_top1 is not None else None,
-        "params": params,
-        "data_source": data.source,
-        "num_train": int(data.train_images.shape[0]),
-        "num_test": int(data.test_images.shape[0]),
-        "world_size": env.world_size,
-        "total_time_s": sum(r["epoch_time_s"] for r in history),
-    }

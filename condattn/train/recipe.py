@@ -51,9 +51,21 @@ __all__ = [
     "config_to_toml",
     "list_recipes",
     "load_recipe",
+    "recipes_dir",
 ]
 
 _TOP_LEVEL = ("name", "base", *SECTIONS)
+_PACKAGE = Path(__file__).resolve().parents[1]  # the condattn folder
+
+
+def recipes_dir() -> Path | None:
+    """The recipes that come with condattn: the installed package's copy (``condattn/_recipes``,
+    which a wheel holds), else the source checkout's ``recipes/`` (an editable install or a
+    checkout on ``sys.path``); None if neither exists."""
+    for root in (_PACKAGE / "_recipes", _PACKAGE.parent / "recipes"):
+        if (root / "base.toml").is_file():
+            return root
+    return None
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -240,6 +252,8 @@ def load_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
     p = Path(path)
     if not p.is_file():
         root = next((q for q in (p.parent, *p.parents) if q.name == "recipes"), Path("recipes"))
+        if not root.is_dir():
+            root = recipes_dir() or root
         valid = list_recipes(root) if root.is_dir() else []
         hint = f"; recipes in {root}: {', '.join(valid)}" if valid else ""
         raise ConfigError(f"unknown recipe {str(path)!r}: no such file{hint}")

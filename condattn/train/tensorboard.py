@@ -58,8 +58,9 @@ class EpochWriter:
         self._writer: Any = None
         self._off = not available()
 
-    def log_epoch(self, row: dict[str, Any]) -> None:
-        """Adds the epoch's scalars (``row`` is a ``metrics.jsonl`` line) and flushes."""
+    def log_epoch(self, row: dict[str, Any], *, last: bool = False) -> None:
+        """Adds the epoch's scalars (``row`` is a ``metrics.jsonl`` line) and flushes; ``last``
+        closes the event file (a crash before it loses nothing: every epoch is flushed)."""
         global _warned
         if self._off:
             if not _warned and os.environ.get("CONDATTN_TENSORBOARD", "1") != "0":
@@ -78,6 +79,8 @@ class EpochWriter:
             if row.get(key) is not None:
                 self._writer.add_scalar(tag, float(row[key]), int(row["epoch"]))
         self._writer.flush()
+        if last:
+            self.close()
 
     def close(self) -> None:
         """Closes the event file (idempotent)."""

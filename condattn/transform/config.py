@@ -20,12 +20,20 @@ from typing import Any
 from torch import fx, nn
 
 from condattn.nn._common import INITS
+from condattn.transform.conds import COND_MODES, CONDS
 from condattn.transform.mappings import Builder
 from condattn.transform.placement import AUTO
 
-__all__ = ["AUX_HEAD_KEYS", "CONDS", "ConvertConfig", "get_config", "options", "swaps_of"]
+__all__ = [
+    "AUX_HEAD_KEYS",
+    "CONDS",
+    "COND_MODES",
+    "ConvertConfig",
+    "get_config",
+    "options",
+    "swaps_of",
+]
 
-CONDS = ("logits", "probs")  # what T is: the head's raw logits (our reading) or their softmax
 AUX_HEAD_DEFAULTS = {"pool_size": 4, "width": 128, "hidden": 1024}  # GoogLeNet's InceptionAux
 AUX_HEAD_KEYS = tuple(AUX_HEAD_DEFAULTS)
 _RECORD = {"record": True}  # fields that convert fills in; as input they are ignored
@@ -49,8 +57,15 @@ class ConvertConfig:
     feeds: Mapping[str, tuple[str, ...]] | None = None
     # False is SE-A: heads and their loss, attention untouched (the paper's ablation)
     conditioned: bool = True
-    # T as the attention reads it; the paper does not say whether T is normalised
+    # what T is (condattn.transform.conds): "logits" (our reading: the paper does not say whether
+    # T is normalised), "probs", or the controls "features" (the head's penultimate activations)
+    # and "shuffled" (another image's logits)
     cond: str = "logits"
+    # how T enters: "concat" into W1 (Eq. 4), or "film" of the gate's pre-activation (ours)
+    cond_mode: str = "concat"
+    # k: a learned projection of T to k values per head before the blocks (many classes);
+    # None feeds T whole, as the paper does
+    cond_rank: int | None = None
     # stop the attention's gradient from reaching the heads through T (the paper does not)
     detach_cond: bool = False
     # dropout of the aux heads: GoogLeNet's (and the paper's) 0.7 (Table 5)
@@ -77,6 +92,11 @@ class ConvertConfig:
         set_(self, "aux_at", _aux_at(self.aux_at))
         if self.cond not in CONDS:
             raise ValueError(f"cond must be one of {CONDS}, got {self.cond!r}")
+        if self.cond_mode not in COND_MODES:
+            raise ValueError(f"cond_mode must be one of {COND_MODES}, got {self.cond_mode!r}")
+        k = self.cond_rank
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k <= 0):
+            raise ValueError(f"cond_rank must be a positive int or None, got {k!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if not 0.0 <= self.aux_dropout < 1.0:

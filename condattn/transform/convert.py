@@ -29,6 +29,7 @@ Around it (the :mod:`condattn.transform` package): ``tracing`` (step 3, shared w
 from __future__ import annotations
 
 import copy
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -38,6 +39,7 @@ from torch import fx, nn
 
 from condattn.nn import AuxHead
 from condattn.outputs import CondOutput
+from condattn.transform.conds import cond_chain, film_builder
 from condattn.transform.config import (
     AUX_HEAD_KEYS,
     CONFIG,
@@ -57,6 +59,7 @@ from condattn.transform.modes import DualGraphModule, carry_face, join
 from condattn.transform.placement import AUTO, Placement, auto_placement
 from condattn.transform.routing import Head, route
 from condattn.transform.tracing import (
+    INLINE_SE,
     Traced,
     check_mapping,
     default_example,
@@ -86,6 +89,7 @@ class _Built:
 
     heads: dict[str, tuple[str, nn.Module]]  # aux_at entry -> (submodule name, AuxHead)
     twins: dict[str, nn.Module]  # attention name -> its twin
+    projections: dict[str, tuple[str, nn.Module]]  # head -> (name, cond_rank projection)
     swaps: dict[str, Swap]  # attention name -> how its twin was built
     aux_model_checked: bool = False
 
@@ -214,16 +218,38 @@ def _check_aux_model(aux_model: nn.Module, example: torch.Tensor, n: int) -> Non
         )
 
 
-def _cond_of(graph: fx.Graph, out: fx.Node, opts: ConvertConfig) -> fx.Node:
-    """T as the attention reads it: the head's logits, optionally softmaxed and detached."""
-    t = out
-    if opts.cond == "probs":
-        with graph.inserting_after(t):
-            t = graph.call_function(torch.softmax, (t,), {"dim": 1})
-    if opts.detach_cond:
-        with graph.inserting_after(t):
-            t = graph.call_method("detach", (t,))
-    return t
+def _cond_width(opts: ConvertConfig, n: int) -> int:
+    """The width of T as the twins read it: k with ``cond_rank``, else n (or the heads' hidden
+    width for ``cond="features"``)."""
+    if opts.cond_rank is not None:
+        return opts.cond_rank
+    return opts.aux_head["hidden"] if opts.cond == "features" else n
+
+
+def _head_call(graph: fx.Graph, target: str, arg: fx.Node, *, features: bool):
+    """The head's call after ``arg``: (its logits node, the node T starts from)."""
+    with graph.inserting_after(arg):
+        call = graph.call_module(target, (arg,), {"features": True} if features else {})
+    if not features:
+        return call, call
+    with graph.inserting_after(call):
+        logits = graph.call_function(operator.getitem, (call, 0))
+    with graph.inserting_after(logits):
+        hidden = graph.call_function(operator.getitem, (call, 1))
+    return logits, hidden
+
+
+def _projection(t: Traced, opts: ConvertConfig, name: str, width: int, built: _Built) -> str | None:
+    """``cond_rank``: the module name of head ``name``'s projection of T (built once)."""
+    if opts.cond_rank is None:
+        return None
+    if name not in built.projections:
+        target = f"{built.heads[name][0] if name in built.heads else AUX_MODEL}_proj"
+        proj = nn.Linear(width, opts.cond_rank, bias=False)  # P_h: PyTorch's init
+        built.projections[name] = (target, proj.to(**t.like))
+    target, proj = built.projections[name]
+    t.gm.add_submodule(target, proj)
+    return target
 
 
 def _insert_heads(
@@ -236,17 +262,23 @@ def _insert_heads(
     built: _Built,
 ) -> list[Head]:
     """Add ``aux1``, ``aux2``, ... after the ``aux_at`` nodes (and the aux model after the
-    input); returns the heads in network order. Heads already ``built`` (for the other mode's
-    graph) are reused."""
+    input), and T after each (:func:`condattn.transform.conds.cond_chain`); returns the heads
+    in network order. Modules already ``built`` (for the other mode's graph) are reused."""
     gm, graph = t.gm, t.gm.graph
-    outs: list[tuple[str, fx.Node]] = []
+    features = opts.cond == "features"
+    outs: list[tuple[str, fx.Node, fx.Node, int]] = []  # name, logits, T's start, T's width
     if aux_model is not None:
+        if features:
+            raise ConversionError(
+                "cond='features' feeds the aux heads' hidden activations; an aux_model has no "
+                "such layer. Use cond='logits' (or 'probs', 'shuffled') with aux_model."
+            )
         if not built.aux_model_checked:
             _check_aux_model(aux_model, example, n)
             built.aux_model_checked = True
         gm.add_submodule(AUX_MODEL, aux_model)
-        with graph.inserting_after(t.input):
-            outs.append((AUX_MODEL, graph.call_module(AUX_MODEL, (t.input,))))
+        logits, start = _head_call(graph, AUX_MODEL, t.input, features=False)
+        outs.append((AUX_MODEL, logits, start, n))
     used = {name for name, _ in gm.named_modules()}
     for i, name in enumerate(opts.aux_at, start=1):
         stage = t.outputs[name]
@@ -258,25 +290,39 @@ def _insert_heads(
             built.heads[name] = (target, head.to(**t.like))
         target, head = built.heads[name]
         gm.add_submodule(target, head)
-        with graph.inserting_after(stage):
-            outs.append((name, graph.call_module(target, (stage,))))
-    return [Head(name, out, _cond_of(graph, out, opts)) for name, out in outs]
+        logits, start = _head_call(graph, target, stage, features=features)
+        outs.append((name, logits, start, opts.aux_head["hidden"] if features else n))
+    heads = []
+    for name, logits, start, width in outs:
+        proj = _projection(t, opts, name, width, built)
+        cond = cond_chain(graph, start, cond=opts.cond, detach=opts.detach_cond, proj=proj)
+        heads.append(Head(name, logits, cond))
+    return heads
 
 
 # --- step 6: swap ------------------------------------------------------------------------------
 
 
-def _twin(t: Traced, att: str, *, n: int, init: str, built: _Built) -> nn.Module:
-    """The twin of attention ``att`` (on its source's device and dtype), built once."""
+def _twin(t: Traced, att: str, *, n: int, opts: ConvertConfig, built: _Built) -> nn.Module:
+    """The twin of attention ``att`` (on its source's device and dtype), built once: the swap
+    table's (``cond_mode="concat"``) or a :class:`~condattn.nn.CondFilm` (``"film"``)."""
     if att not in built.twins:
         site = t.attention[att]
         if site.channels is None:
             raise ConversionError(f"the input of attention {att!r} has no traced channel count")
         src = t.gm.get_submodule(att)  # att is site.node.target on the graph route
-        twin = site.build(src, channels=site.channels, cond_dim=n, init=init)
+        build = site.build
+        if opts.cond_mode == "film":
+            if site.kind == INLINE_SE:
+                raise ConversionError(
+                    f"cond_mode='film' needs an attention module with a gate; {att!r} is an SE "
+                    "written inline (condattn widens its W1 only). Use cond_mode='concat'."
+                )
+            build = film_builder(src)
+        twin = build(src, channels=site.channels, cond_dim=n, init=opts.init)
         built.twins[att] = twin.to(**(like(src) or t.like))
         skeleton = copy.deepcopy(src).to("meta")
-        built.swaps[att] = Swap(skeleton, site.build, site.channels, n)
+        built.swaps[att] = Swap(skeleton, build, site.channels, n)
     return built.twins[att]
 
 
@@ -286,10 +332,11 @@ def _swap(
     routing: Mapping[str, Sequence[str]],
     *,
     n: int,
-    init: str,
+    opts: ConvertConfig,
     built: _Built,
 ) -> None:
-    """Replace each routed attention module by its twin; every call of it gets T appended."""
+    """Replace each routed attention module by its twin; every call of it gets T appended.
+    ``n`` is the width of T as the twins read it."""
     gm = t.gm
     calls: dict[str, list[fx.Node]] = {}
     for x in gm.graph.nodes:
@@ -300,7 +347,7 @@ def _swap(
     for h, atts in routing.items():
         for att in atts:
             site = t.attention[att]
-            twin = _twin(t, att, n=n, init=init, built=built)
+            twin = _twin(t, att, n=n, opts=opts, built=built)
             if site.route == INPLACE:  # inside a leaf: T is delivered at run time
                 inplace.append((att, site.node, twin, cond[h]))
                 continue
@@ -396,12 +443,12 @@ def convert(
     traces = _trace_modes(model, cfg, mapping, concrete_args, example)  # 3
     n = _num_classes(traces[True], cfg.num_classes)
     cfg = _resolve_aux_at(traces[True], cfg)
-    built = _Built(heads={}, twins={}, swaps={})
+    built = _Built(heads={}, twins={}, projections={}, swaps={})
     routings = {}
     for mode, t in traces.items():
         heads = _insert_heads(t, cfg, n=n, aux_model=aux_model, example=example, built=built)  # 4
         routings[mode] = route(t, heads, cfg.feeds, conditioned=cfg.conditioned)  # 5
-        _swap(t, heads, routings[mode], n=n, init=cfg.init, built=built)  # 6
+        _swap(t, heads, routings[mode], n=_cond_width(cfg, n), opts=cfg, built=built)  # 6
         _rewire_output(t, heads)  # 7
     routing = routings[True]
     assert routing == routings[False], (routing, routings[False])  # same sites in both modes

@@ -31,6 +31,7 @@ from condattn.nn import (
     CondCoordAttn,
     CondEca,
     CondEffectiveSE,
+    CondFilm,
     CondLinear,
     CondSqueezeExcite,
     CoordAttn,
@@ -82,13 +83,15 @@ def _twin_type(value: Any) -> type[nn.Module] | None:
 
 def cond_types(mapping: Mapping[type[nn.Module], Any] | None = None) -> tuple[type[nn.Module], ...]:
     """The twin types of a swap table (default: :func:`get_attention_mapping`), plus
-    :class:`~condattn.nn.CondLinear`, the twin of an inline SE's W1 that needs no table entry.
+    :class:`~condattn.nn.CondLinear`, the twin of an inline SE's W1 that needs no table entry,
+    and :class:`~condattn.nn.CondFilm`, the twin of every type under ``cond_mode="film"``.
 
     A builder function's twin is known when it is marked with :func:`builds`.
     """
     table = get_attention_mapping() if mapping is None else mapping
     found = {t for t in map(_twin_type, table.values()) if t is not None}
-    return (CondLinear, *sorted(found - {CondLinear}, key=lambda t: t.__qualname__))
+    extra = (CondLinear, CondFilm)
+    return (*extra, *sorted(found - set(extra), key=lambda t: t.__qualname__))
 
 
 def _check_builder(value: Any) -> Builder:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -85,7 +85,6 @@ class Launcher(Protocol):
         synthetic: bool,
         data_root: str | None,
         data: Any,
-        log: Callable[..., None],
     ) -> dict[str, RunStatus]:
         """Executes (or checks on) ``runs``; returns each one's :class:`RunStatus` by label.
 
@@ -107,9 +106,7 @@ def run_spec(run: Any, *, resume: bool, synthetic: bool, data_root: str | None) 
     }
 
 
-def train_spec(
-    spec: Mapping[str, Any], *, log: Callable[..., None] = print, lock_wait_s: float = 0.0
-) -> dict[str, Any]:
+def train_spec(spec: Mapping[str, Any], *, lock_wait_s: float = 0.0) -> dict[str, Any]:
     """Trains the run of ``spec`` (from :func:`run_spec`): loads its data, trains, returns results.
 
     Resumes when the run directory holds a checkpoint, whatever ``spec["resume"]`` says, so that a
@@ -125,9 +122,7 @@ def train_spec(
     resume = bool(spec.get("resume")) or (run_dir / "checkpoint.pt").is_file()
     data = load_data(cfg, root=spec.get("data"), synthetic=bool(spec.get("synthetic")))
     try:
-        return train(
-            cfg, data=data, run_dir=run_dir, resume=resume, log=log, lock_wait_s=lock_wait_s
-        )
+        return train(cfg, data=data, run_dir=run_dir, resume=resume, lock_wait_s=lock_wait_s)
     finally:
         D.cleanup()
 

@@ -13,14 +13,17 @@ directory another live process trains (its lock is held) is waited for, never tr
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = ["LocalLauncher", "Slot", "plan_slots", "visible_gpus"]
+
+logger = logging.getLogger(__name__)  # progress lines (INFO)
 
 # How often a run locked by another process is checked again (seconds).
 LOCK_POLL_S = 2.0
@@ -148,7 +151,6 @@ class LocalLauncher:
         synthetic: bool,
         data_root: str | None,
         data: Any,
-        log: Callable[..., None],
     ) -> dict[str, Any]:
         """Trains ``runs`` (waiting first for any another process holds); each run's status."""
         from condattn.experiments import grid
@@ -163,18 +165,18 @@ class LocalLauncher:
         def one(i: int, run: Any) -> None:
             state = states[run.label]
             if state == "running":
-                state, run = _wait_for_holder(run, log=log)
+                state, run = _wait_for_holder(run)
             if state == "done":
                 statuses[run.label] = RunStatus(run.label, "done", "trained by another process")
                 return
             resume = state == "resume"
-            log(f"[{i}/{len(runs)}] {'resume' if resume else 'train'} {run.label} -> {run.run_dir}")
+            logger.info(
+                f"[{i}/{len(runs)}] {'resume' if resume else 'train'} {run.label} -> {run.run_dir}"
+            )
             log_path = grid.log_path_for(run)
             t0 = time.perf_counter()
             if self.in_process:
-                err = grid._train_in_process(
-                    run, resume=resume, data=data, log_path=log_path, log=log
-                )
+                err = grid._train_in_process(run, resume=resume, data=data, log_path=log_path)
             else:
                 slot = free.get()
                 try:
@@ -194,11 +196,11 @@ class LocalLauncher:
             with lock:
                 if err:
                     statuses[run.label] = RunStatus(run.label, "failed", err)
-                    log(err)
+                    logger.info(err)
                 else:
                     statuses[run.label] = RunStatus(run.label, "done")
                     took = time.perf_counter() - t0
-                    log(f"[{i}/{len(runs)}] {run.label} finished in {took:.0f} s")
+                    logger.info(f"[{i}/{len(runs)}] {run.label} finished in {took:.0f} s")
 
         if self.in_process:
             for i, run in enumerate(runs, 1):
@@ -215,14 +217,14 @@ class LocalLauncher:
         return statuses
 
 
-def _wait_for_holder(run: Any, *, log: Callable[..., None]) -> tuple[str, Any]:
+def _wait_for_holder(run: Any) -> tuple[str, Any]:
     """Waits until no other process holds ``run``'s lock; its state then (and the run, with the
     thread count of its checkpoint when it is to be resumed)."""
     from condattn.experiments import grid
     from condattn.train.lock import holder, is_locked
 
     who = holder(run.run_dir) or {}
-    log(
+    logger.info(
         f"{run.label} is running in pid {who.get('pid', '?')} on {who.get('host', '?')} "
         "(its lock is held); waiting for it instead of training it twice"
     )

@@ -19,16 +19,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import shutil
 import subprocess
+import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 __all__ = ["SlurmLauncher", "SlurmOptions", "TrainTask", "parse_time"]
+
+logger = logging.getLogger(__name__)  # states and submissions (INFO)
 
 # How often a waiting launcher asks squeue (seconds); a module constant so tests can shrink it.
 POLL_S = 5.0
@@ -167,12 +171,23 @@ class TrainTask(_TaskBase):
         from condattn.experiments.launchers import train_spec
 
         _ddp_env_from_slurm()
-        res = train_spec(spec, log=lambda *a: print(*a, flush=True), lock_wait_s=120.0)
+        _log_to_stdout()
+        res = train_spec(spec, lock_wait_s=120.0)
         return {"final": res.get("final"), "run_dir": spec["run_dir"]}
 
     def checkpoint(self, spec: dict[str, Any]) -> Any:
         """What submitit requeues: the same task and spec (train_spec resumes the run)."""
         return _submitit().helpers.DelayedSubmission(self, spec)
+
+
+def _log_to_stdout() -> None:
+    """The run's lines into the task's output (``OUT/slurm/<job>_<task>_log.out``)."""
+    root = logging.getLogger("condattn")
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
 
 
 def _ddp_env_from_slurm() -> None:
@@ -214,7 +229,6 @@ class SlurmLauncher:
         synthetic: bool,
         data_root: str | None,
         data: Any,
-        log: Callable[..., None],
     ) -> dict[str, Any]:
         """Submits what has no live task, then waits (or not); each run's status."""
         from condattn.experiments.launchers import RunStatus, run_spec
@@ -223,7 +237,7 @@ class SlurmLauncher:
             return {}
         folder = runs[0].run_dir.parents[1] / "slurm"
         if self.options.dry_run:
-            self._print_array(runs, folder, synthetic=synthetic, data_root=data_root, log=log)
+            self._print_array(runs, folder)
             return {r.label: RunStatus(r.label, "done", "dry run") for r in runs}
         if shutil.which("sbatch") is None:
             raise ValueError("--launcher slurm: no sbatch on PATH; run on a SLURM login node")
@@ -242,7 +256,7 @@ class SlurmLauncher:
                 jobs[r.label] = job_id
                 statuses[r.label] = RunStatus(r.label, "queued", f"job {job_id}")
             _write_jobs(folder, jobs)
-            log(
+            logger.info(
                 f"slurm: submitted {len(todo)} run(s) as array job "
                 f"{ids[0].split('_')[0]} (logs: {folder})"
             )
@@ -250,7 +264,7 @@ class SlurmLauncher:
         while True:
             for label, s in statuses.items():
                 if shown.get(label) != s.state:
-                    log(f"slurm: {label}: {s.state}{f' ({s.detail})' if s.detail else ''}")
+                    logger.info(f"slurm: {label}: {s.state}{f' ({s.detail})' if s.detail else ''}")
                     shown[label] = s.state
             if not self.options.wait or all(
                 s.state in ("done", "failed") for s in statuses.values()
@@ -299,20 +313,21 @@ class SlurmLauncher:
             jobs = [ex.submit(task, spec) for spec in specs]
         return [str(j.job_id) for j in jobs]
 
-    def _print_array(
-        self, runs, folder: Path, *, synthetic: bool, data_root: str | None, log
-    ) -> None:
+    def _print_array(self, runs, folder: Path) -> None:
+        """Prints (stdout: it is the command's output) the array job it would submit."""
         from submitit.slurm.slurm import _make_sbatch_string
 
         ex = self._executor(folder)
         text = _make_sbatch_string(
             command=ex._submitit_command_str, folder=ex.folder, map_count=len(runs), **ex.parameters
         )
-        log(f"dry run: the array job of {len(runs)} task(s) that --launcher slurm would submit:\n")
-        log(text)
-        log("# tasks (one run directory each; requeued on time limit/preemption, resumed):")
+        print(
+            f"dry run: the array job of {len(runs)} task(s) that --launcher slurm would submit:\n"
+        )
+        print(text)
+        print("# tasks (one run directory each; requeued on time limit/preemption, resumed):")
         for i, r in enumerate(runs):
-            log(f"#   {i}: {r.label} -> {r.run_dir}")
+            print(f"#   {i}: {r.label} -> {r.run_dir}", flush=True)
 
 
 def _squeue(job_ids: set[str]) -> dict[str, str]:

@@ -1,21 +1,21 @@
 """Hardware capabilities, and the speed choices made from them once at start-up (design §5).
 
-Three steps, each testable on its own:
+Two steps, each testable on its own:
 
-1. :func:`apply_thread_env` shortens OpenMP's spin-waiting *before torch loads* (OpenMP reads
-   its environment when the library is loaded, so later settings do nothing). The ``condattn``
-   command calls it from ``condattn/__init__.py`` through :func:`apply_thread_env_for_cli`.
-2. :func:`detect` reads what the machine offers (:class:`Capabilities`): the device, the CPU's
+1. :func:`detect` reads what the machine offers (:class:`Capabilities`): the device, the CPU's
    bf16 instructions (``/proc/cpuinfo`` flags), CUDA bf16 support, and the cores this process may
    really use (CPU affinity, cgroup v2 ``cpu.max`` or v1 CFS quota).
-3. :func:`decide` is one pure function of (capabilities, ``[system]`` config) that returns the
+2. :func:`decide` is one pure function of (capabilities, ``[system]`` config) that returns the
    :class:`SpeedPlan`: precision, memory format, compile mode and thread count, each with the
    reason. The training loop logs the plan in ``environment.json``; every ``"auto"`` can be
    overridden in the recipe or with ``--set``.
-4. With ``threads = 0`` on a CPU, :class:`ThreadGovernor` then fits the thread count, while the
-   run goes, to the cores that other processes leave free (a shared machine).
 
-This module imports torch only inside functions, so it can run before torch is loaded.
+With ``threads = 0`` on a CPU, :class:`~condattn.train.governor.ThreadGovernor` then fits the
+thread count, while the run goes, to the cores that other processes leave free (a shared
+machine). The OpenMP environment, which must be set before torch loads, is
+:mod:`condattn._omp_env`.
+
+This module imports torch only inside functions.
 """
 
 from __future__ import annotations
@@ -23,31 +23,25 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import sys
-import time
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from condattn._omp_env import set_by_condattn
 
 __all__ = [
     "CHANNELS_LAST",
     "COMPILE_MIN_STEPS",
     "COMPILE_MODES",
     "PRECISIONS",
-    "THREAD_ENV_DEFAULTS",
     "Capabilities",
     "SpeedPlan",
-    "ThreadGovernor",
-    "apply_thread_env",
-    "apply_thread_env_for_cli",
     "available_cores",
     "cpu_flags",
     "decide",
     "detect",
-    "is_cli_process",
-    "thread_env_record",
-    "threads_for_free_cores",
+    "read_text",
 ]
 
 # The vocabularies of the [system] keys decided here ("auto" = decide from the capabilities).
@@ -64,87 +58,14 @@ COMPILE_MODES = (
 # compile="auto" compiles runs of at least this many train steps on a GPU. Compiling a train step
 # takes minutes, so it pays back only over long runs: the paper's recipes (78,000 steps) compile,
 # the quick recipe (234 steps) does not. On CPU, auto never compiles: inductor saved about 1% of
-# the narrow SE-ResNet18's bf16 step (81.7 -> 80.7 ms, 2 threads; docs/results.md, The default
-# loop), 20 s of compiling for 1 ms a step.
+# a bf16 train step (docs/results.md, The default loop), less than its compile time pays back.
 COMPILE_MIN_STEPS = 10_000
 # CPU flags (/proc/cpuinfo) of instructions that run bf16 matrix maths natively: Intel AMX and
 # AVX512-BF16 (Intel Cooper Lake and later, AMD Zen 4 and later). Elsewhere bf16 is emulated.
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-# Set before torch loads unless the user set them (or OMP_WAIT_POLICY, which they would override).
-# Threads that wait for work spin briefly, then sleep. OpenMP's default spin (GNU: 300,000 turns,
-# milliseconds) steals the cores of a shared machine from the thread being waited for; a passive
-# policy (no spin) cost 23% of a quiet train step on a 2-core VM, where 10,000 turns cost 1%
-# (docs/results.md, "Speed"). KMP_BLOCKTIME (ms) is the same knob of Intel's OpenMP (not
-# measured here: torch's pip wheels use GNU OpenMP).
-THREAD_ENV_DEFAULTS: dict[str, str] = {"GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "1"}
-
-# What apply_thread_env did in this process (logged in environment.json).
-_THREAD_ENV: dict[str, Any] = {"applied": False, "set": {}, "torch_loaded_before": None}
 
 
-# --- 1. OpenMP environment, before torch loads -----------------------------------------------
-
-
-def apply_thread_env(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
-    """Sets :data:`THREAD_ENV_DEFAULTS` in ``environ`` (default ``os.environ``) where unset.
-
-    A variable the user has set (even to an empty string) is left alone, and so is everything
-    when the user set ``OMP_WAIT_POLICY`` (a spin count would override it). Call it before torch
-    is imported; when torch is already loaded it still sets the variables (child processes see
-    them) but they cannot change this process, and :func:`thread_env_record` says so.
-
-    Returns:
-        The variables it set, name -> value.
-    """
-    env = os.environ if environ is None else environ
-    if "OMP_WAIT_POLICY" in env:
-        new: dict[str, str] = {}
-    else:
-        new = {k: v for k, v in THREAD_ENV_DEFAULTS.items() if k not in env}
-    env.update(new)
-    if environ is None:
-        _THREAD_ENV.update(applied=True, torch_loaded_before="torch" in sys.modules)
-        _THREAD_ENV["set"] = {**_THREAD_ENV["set"], **new}
-    return new
-
-
-def is_cli_process(argv: Sequence[str], orig_argv: Sequence[str]) -> bool:
-    """Whether this process runs the ``condattn`` command (console script or ``-m condattn.cli``).
-
-    Args:
-        argv: ``sys.argv``.
-        orig_argv: ``sys.orig_argv`` (the interpreter's own command line, Python >= 3.10).
-    """
-    if argv and Path(argv[0]).name == "condattn":
-        return True
-    args = list(orig_argv)
-    return any(a == "-m" and args[i + 1 : i + 2] == ["condattn.cli"] for i, a in enumerate(args))
-
-
-def apply_thread_env_for_cli() -> dict[str, str]:
-    """:func:`apply_thread_env` when this process is the ``condattn`` command, else nothing.
-
-    ``condattn/__init__.py`` calls it first thing, so the command's settings precede torch's
-    import while a program that merely imports condattn keeps its own environment.
-    """
-    if not is_cli_process(sys.argv, getattr(sys, "orig_argv", ())):
-        return {}
-    return apply_thread_env()
-
-
-def thread_env_record(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The OpenMP-related environment now and what condattn set, for ``environment.json``."""
-    env = os.environ if environ is None else environ
-    names = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "KMP_BLOCKTIME", "GOMP_SPINCOUNT")
-    return {
-        "env": {k: env.get(k) for k in names},
-        "set_by_condattn": dict(_THREAD_ENV["set"]),
-        # True: set after torch loaded, so it did not apply to this process.
-        "torch_loaded_before": _THREAD_ENV["torch_loaded_before"],
-    }
-
-
-# --- 2. capabilities -------------------------------------------------------------------------
+# --- 1. capabilities -------------------------------------------------------------------------
 
 
 def cpu_flags(cpuinfo: str) -> frozenset[str]:
@@ -156,7 +77,8 @@ def cpu_flags(cpuinfo: str) -> frozenset[str]:
     return frozenset()
 
 
-def _read(path: Path) -> str | None:
+def read_text(path: Path) -> str | None:
+    """The text of ``path``, or None when it cannot be read (e.g. no ``/proc``)."""
     try:
         return path.read_text()
     except OSError:
@@ -179,7 +101,7 @@ def _cgroup_quota(cgroup_root: Path, proc_cgroup: str) -> tuple[float, str] | No
             for folder in folders:
                 if not folder.is_relative_to(cgroup_root):
                     break
-                parts = (_read(folder / "cpu.max") or "").split()
+                parts = (read_text(folder / "cpu.max") or "").split()
                 if len(parts) == 2 and parts[0] != "max":
                     cores = int(parts[0]) / int(parts[1])
                     if best is None or cores < best[0]:
@@ -187,8 +109,8 @@ def _cgroup_quota(cgroup_root: Path, proc_cgroup: str) -> tuple[float, str] | No
         elif "cpu" in controllers.split(","):  # v1
             for mount in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
                 for folder in (cgroup_root / mount / rel, cgroup_root / mount):
-                    quota = (_read(folder / "cpu.cfs_quota_us") or "").strip()
-                    period = (_read(folder / "cpu.cfs_period_us") or "").strip()
+                    quota = (read_text(folder / "cpu.cfs_quota_us") or "").strip()
+                    period = (read_text(folder / "cpu.cfs_period_us") or "").strip()
                     if quota and period and int(quota) > 0 and int(period) > 0:
                         cores = int(quota) / int(period)
                         if best is None or cores < best[0]:
@@ -222,7 +144,7 @@ def available_cores(
             affinity = set(range(os.cpu_count() or 1))
     cores, how = max(1, len(affinity)), f"affinity {len(affinity)} CPUs"
     if proc_cgroup is None:
-        proc_cgroup = _read(Path("/proc/self/cgroup")) or ""
+        proc_cgroup = read_text(Path("/proc/self/cgroup")) or ""
     quota = _cgroup_quota(Path(cgroup_root), proc_cgroup)
     if quota is not None and math.floor(quota[0]) < cores:
         cores, how = max(1, math.floor(quota[0])), f"{how}, {quota[1]} = {quota[0]:g} cores"
@@ -290,24 +212,24 @@ def detect(device: Any = "cpu", *, environ: Mapping[str, str] | None = None) -> 
     except (AttributeError, OSError):  # pragma: no cover - macOS, Windows
         cpus = tuple(range(os.cpu_count() or 1))
     # OMP_NUM_THREADS counts as the user's only if condattn did not set it.
-    user_omp = None if "OMP_NUM_THREADS" in _THREAD_ENV["set"] else _env_int(env, "OMP_NUM_THREADS")
+    user_omp = None if "OMP_NUM_THREADS" in set_by_condattn() else _env_int(env, "OMP_NUM_THREADS")
     return Capabilities(
         device=device.type,
         device_name=torch.cuda.get_device_name(device) if cuda else cpu_name(),
-        cpu_flags=cpu_flags(_read(Path("/proc/cpuinfo")) or ""),
+        cpu_flags=cpu_flags(read_text(Path("/proc/cpuinfo")) or ""),
         cuda_bf16=bool(cuda and torch.cuda.is_bf16_supported()),
         cpp_compiler=any(shutil.which(c) for c in (env.get("CXX") or "g++", "c++", "clang++")),
         cores=cores,
         cores_how=how,
         cpus=cpus,
         quota="cgroup" in how,
-        proc_stat=_read(Path("/proc/stat")) is not None,
+        proc_stat=read_text(Path("/proc/stat")) is not None,
         omp_num_threads=user_omp,
         local_world_size=_env_int(env, "LOCAL_WORLD_SIZE") or 1,
     )
 
 
-# --- 3. decisions ----------------------------------------------------------------------------
+# --- 2. decisions ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -459,115 +381,3 @@ def decide(caps: Capabilities, system: Any, *, steps: int | None = None) -> Spee
         },
         capabilities=caps.to_dict(),
     )
-
-
-# --- 4. threads on a shared machine ----------------------------------------------------------
-
-
-def threads_for_free_cores(others: float, *, cores: int, limit: int) -> int:
-    """Threads for ``cores`` CPUs of which other processes keep ``others`` busy (in cores).
-
-    A core counts as taken once others use more than a quarter of one: a thread that shares a
-    core with a busy process makes every parallel region wait for it, and on a 2-core VM two
-    threads beside one busy process ran 20-40x slower than one thread (docs/results.md, Speed).
-    """
-    taken = max(0, math.ceil(others - 0.25))
-    return max(1, min(limit, cores - taken))
-
-
-def _busy_seconds(stat: str, cpus: Sequence[int]) -> float:
-    """CPU seconds spent busy (user, nice, system, irq, softirq) on ``cpus``, from /proc/stat."""
-    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    wanted = {f"cpu{c}" for c in cpus}
-    total = 0
-    for line in stat.splitlines():
-        parts = line.split()
-        if parts and parts[0] in wanted:
-            user, nice, system, _idle, _iowait, irq, softirq = map(int, parts[1:8])
-            total += user + nice + system + irq + softirq
-    return total / tick
-
-
-class ThreadGovernor:
-    """Fits torch's thread count to the cores other processes leave free, while a run goes.
-
-    Every ``every_s`` seconds of stepping, :meth:`poll` compares how busy this process's CPUs
-    were (``/proc/stat``) with this process's own CPU time: the rest is other processes' load.
-    The thread count becomes :func:`threads_for_free_cores` (between 1 and ``limit``) once two
-    measurements in a row agree. The first poll only starts the clock (start-up work is not
-    stepping), and so does a poll after a gap of over ``3 * every_s`` (the run was evaluating or
-    idle) or after a step of at least 0.5 s in which this process used under a quarter of a core (it
-    was waiting, e.g. for another job that shares its turns; the others' load then says nothing
-    about its own steps). A verdict waiting for its second measurement survives such gaps.
-
-    Args:
-        limit: the most threads (the plan's count).
-        cpus: the CPUs this process may run on.
-        every_s: seconds between measurements.
-        read_stat: returns the text of ``/proc/stat`` (tests pass a fake).
-        cpu_time: this process's CPU seconds, all threads (``time.process_time``).
-        clock: a monotonic clock in seconds.
-        set_threads: applies a count (``torch.set_num_threads``).
-    """
-
-    def __init__(
-        self,
-        limit: int,
-        *,
-        cpus: Sequence[int],
-        every_s: float = 2.0,
-        read_stat=None,
-        cpu_time=time.process_time,
-        clock=time.monotonic,
-        set_threads=None,
-    ) -> None:
-        self.limit, self.cpus, self.every_s = limit, tuple(cpus), every_s
-        self.min_own_cores = 0.25  # a stepping process keeps at least a quarter of a core busy
-        self._read_stat = read_stat or (lambda: _read(Path("/proc/stat")) or "")
-        self._cpu_time, self._clock = cpu_time, clock
-        self._set = set_threads or _torch_set_threads
-        self.threads = limit
-        self.changes: list[dict[str, float]] = []  # what changed when (for the run's log)
-        self._pending: int | None = None
-        self._t: float | None = None  # no window yet: the first poll starts one
-        self._last: tuple[float, float] | None = None  # (clock, own CPU time) at the last poll
-
-    def _mark(self) -> None:
-        self._t = self._clock()
-        self._busy = _busy_seconds(self._read_stat(), self.cpus)
-        self._ours = self._cpu_time()
-
-    def poll(self) -> int | None:
-        """Call after every step; returns the new thread count when it changed, else None."""
-        now, cpu = self._clock(), self._cpu_time()
-        last, self._last = self._last, (now, cpu)
-        if self._t is None:
-            self._mark()
-            return None
-        waited = last is not None and now - last[0] >= 0.5
-        if waited and (cpu - last[1]) / (now - last[0]) < self.min_own_cores:
-            self._mark()  # this process waited since the last step: a fresh window
-            return None
-        wall = now - self._t
-        if wall < self.every_s:
-            return None
-        busy0, ours0 = self._busy, self._ours
-        self._mark()
-        if wall > 3 * self.every_s:  # not stepping in between: start a fresh window
-            return None
-        others = max(0.0, (self._busy - busy0) - (self._ours - ours0)) / wall
-        target = threads_for_free_cores(others, cores=len(self.cpus), limit=self.limit)
-        if target == self.threads or target != self._pending:
-            self._pending = None if target == self.threads else target
-            return None
-        self._pending = None
-        self.changes.append({"time": now, "others_cores": round(others, 2), "threads": target})
-        self.threads = target
-        self._set(target)
-        return target
-
-
-def _torch_set_threads(n: int) -> None:
-    import torch
-
-    torch.set_num_threads(n)

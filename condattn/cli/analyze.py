@@ -12,21 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+from condattn.cli._common import UserError, check_device
 
-from condattn.analysis import attention_stats, plot_attention_std
-from condattn.data import (
-    BatchAugment,
-    CifarNotFoundError,
-    find_cifar100,
-    load_cifar100,
-    synthetic_cifar100,
-)
-from condattn.train.checkpoint import load_model
+if TYPE_CHECKING:
+    from torch import Tensor
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["HELP", "add_arguments", "run"]
+
+HELP = "std of the attention gates s per block (paper Fig. 6)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -63,6 +58,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _images(*, n: int, data: str | None, synthetic: bool, seed: int) -> tuple[Tensor, str]:
     """``n`` randomly chosen CIFAR-100 test images, normalised as for evaluation."""
+    import torch
+
+    from condattn.data import (
+        BatchAugment,
+        CifarNotFoundError,
+        find_cifar100,
+        load_cifar100,
+        synthetic_cifar100,
+    )
+
     if synthetic:
         ds = synthetic_cifar100(n_train=1, n_test=max(n, 1), seed=seed)
     else:
@@ -80,8 +85,9 @@ def _out_dir(args: argparse.Namespace) -> Path:
     """``--out``, or the ``analysis`` folder beside the last checkpoint (its run directory)."""
     if args.out:
         return Path(args.out)
-    last = Path(args.checkpoints[-1])
-    return (last if last.is_dir() else last.parent) / "analysis"
+    from condattn.train.checkpoint import checkpoint_file
+
+    return checkpoint_file(args.checkpoints[-1]).parent / "analysis"
 
 
 def _check_stage(stage: str, all_stats: list[dict]) -> None:
@@ -96,7 +102,8 @@ def _check_stage(stage: str, all_stats: list[dict]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Stats JSON per model and, for two models, the Fig. 6 plot; returns the exit status."""
-    from condattn.cli import UserError, check_device
+    from condattn.analysis import attention_stats, plot_attention_std
+    from condattn.train.checkpoint import load_model
 
     if len(args.checkpoints) > 2:
         raise UserError("analyze takes one or two checkpoints")

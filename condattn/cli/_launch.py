@@ -1,4 +1,4 @@
-"""The launcher flags of ``compare`` and ``table``, and the ``table`` command.
+"""The launcher flags that ``compare`` and ``table`` share (docs/howto-cluster.md).
 
 ::
 
@@ -14,9 +14,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_launcher_arguments", "add_table_arguments", "launcher_from_args", "run_table"]
-
-_REPO = Path(__file__).resolve().parents[1]
+__all__ = ["add_launcher_arguments", "launcher_from_args"]
 
 
 def add_launcher_arguments(p: argparse.ArgumentParser) -> None:
@@ -112,66 +110,3 @@ def _recipe_slurm_table(recipe: str) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise ValueError(f"{recipe}: [launcher.slurm] must be a table")
     return table
-
-
-# --- table -------------------------------------------------------------------------------------
-
-
-def add_table_arguments(p: argparse.ArgumentParser) -> None:
-    """``condattn table N --seeds K``: every recipe of a paper table, under any launcher."""
-    p.add_argument("table", help="paper table number, 3-11")
-    p.add_argument("--seeds", type=int, default=1, help="seeds 0..K-1 per recipe (default 1)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value of every run (repeatable)",
-    )
-    p.add_argument("--data", help="a CIFAR-100 folder or archive (data.root)")
-    p.add_argument("--synthetic", action="store_true", help="use the synthetic CIFAR-100 stand-in")
-    p.add_argument("--out", help="output folder (default runs/table<N>)")
-    p.add_argument("--recipes", default=str(_REPO / "recipes"), help="the recipes folder")
-    p.add_argument(
-        "--summarize-only", action="store_true", help="write the summary of finished runs only"
-    )
-    add_launcher_arguments(p)
-
-
-def run_table(args: argparse.Namespace) -> int:
-    """Trains (or reuses) a table's runs and prints its summary against the paper."""
-    from condattn.experiments.launchers import GridPending
-    from condattn.experiments.table import run_table as run
-
-    out = args.out or str(Path("runs") / f"table{args.table}")
-    recipe = str(Path(args.recipes) / "base.toml")
-    launcher = launcher_from_args(args, recipe if Path(recipe).is_file() else None)
-    if args.summarize_only:
-        from condattn.experiments.table import plan_table, summarize_table
-
-        runs = plan_table(args.table, seeds=args.seeds, out_dir=out, root=args.recipes)
-        summary = summarize_table(
-            args.table, runs, seeds=args.seeds, overrides=args.overrides, out_dir=out
-        )
-        print(summary["markdown"], end="")
-        return 0
-    try:
-        summary = run(
-            args.table,
-            seeds=args.seeds,
-            out_dir=out,
-            root=args.recipes,
-            overrides=args.overrides,
-            synthetic=args.synthetic,
-            data_root=args.data,
-            launcher=launcher,
-            log=lambda *a: print(*a, flush=True),
-            dry_run=args.dry_run,
-        )
-    except GridPending as pending:
-        print(pending, flush=True)
-        return 0
-    if summary is not None:
-        print(summary["markdown"], end="")
-    return 0
