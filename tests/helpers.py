@@ -7,9 +7,8 @@ failure message, so a failing hypothesis example explains itself.
 
 from __future__ import annotations
 
-import importlib.util
-
 import contextlib
+import importlib.util
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
