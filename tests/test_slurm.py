@@ -70,7 +70,6 @@ def _compare(out: Path, launcher, *, seeds=(0, 1), variants=("se", "se_a"), sets
         out_dir=out,
         overrides=[*TINY, "optim.epochs=1", *sets],
         synthetic=True,
-        log=lambda *a: None,
         launcher=launcher,
     )
 
@@ -128,7 +127,6 @@ def test_a_failed_run_names_its_slurm_log(tmp_path: Path) -> None:
             out_dir=tmp_path,
             overrides=[*TINY, "optim.epochs=1", "model.kwargs={bogus = 1}"],  # fails in the task
             synthetic=True,
-            log=lambda *a: None,
             launcher=_slurm(),
         )
     msg = str(info.value)
