@@ -150,5 +150,5 @@ def package_root() -> str:
 
 def child_pythonpath() -> str:
     """``PYTHONPATH`` for processes that must import this same condattn (not another install)."""
-    old = os.environ.get("PYTHONPATH", "")
-    return os.pathsep.join([package_root(), *([old] if old else [])])
+    old = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join([package_root(), *(p for p in old if p != package_root())])
