@@ -197,6 +197,21 @@ def test_profile_se_r_adds_heads(capsys) -> None:
     torch.manual_seed(0)
 
 
+def test_profile_cond_rank_for_many_classes(capsys) -> None:
+    """Issue 20: the parameter cost of T for 1000 classes, whole and projected to k = 64."""
+    counts = {}
+    for variant, rank in (("se_a", 0), ("se_r", 0), ("se_r", 64)):
+        argv = ["profile", "se_resnet50", "--variant", variant, "--num-classes", "1000"]
+        assert main([*argv, "--cond-rank", str(rank)]) == 0
+        out = capsys.readouterr().out
+        assert "n=1000" in out and (f"cond_rank={rank}" in out) == bool(rank)
+        counts[variant, rank] = round(float(out.split("params ")[1].split("M")[0]) * 1e3)
+    se_a, full, low = counts["se_a", 0], counts["se_r", 0], counts["se_r", 64]
+    assert se_a < low < full  # thousands of parameters: 37066 < 37293 < 38602 for SE-ResNet50
+    assert (full - se_a) > 4 * (low - se_a)
+    assert main(["profile", "se_resnet18", "--variant", "se_r", "--cond-rank", "-1"]) == 2
+
+
 def test_bf16_and_channels_last_run(tmp_path: Path, capsys) -> None:
     sets = _sets(
         [

@@ -91,7 +91,7 @@ def test_aux_at_may_be_a_single_string(model) -> None:
         (
             {"cond": "softmax"},
             ValueError,
-            r"cond must be one of \('logits', 'probs'\), got 'softmax'",
+            r"cond must be one of \('logits', 'probs', 'features', 'shuffled'\), got 'softmax'",
         ),
         ({"init": "xavier"}, ValueError, r"init must be one of \('zeros', 'default'\)"),
         ({"aux_dropout": 1.0}, ValueError, r"aux_dropout must be in \[0, 1\), got 1.0"),
@@ -360,13 +360,17 @@ def test_convert_takes_a_custom_mapping(model) -> None:
 
 
 def test_cond_types_are_read_from_the_table() -> None:
-    from condattn.nn import CondCbam, CondLinear
+    from condattn.nn import CondCbam, CondFilm, CondLinear
     from condattn.transform.mappings import builds, cond_types
 
     @builds(CondCbam)
     def build(src, *, channels, cond_dim, init):
         raise AssertionError("not called")
 
-    assert cond_types({SqueezeExcite: CondSqueezeExcite}) == (CondLinear, CondSqueezeExcite)
-    assert set(cond_types({SqueezeExcite: build})) == {CondLinear, CondCbam}
+    assert cond_types({SqueezeExcite: CondSqueezeExcite}) == (
+        CondLinear,
+        CondFilm,  # every type's twin under cond_mode="film"
+        CondSqueezeExcite,
+    )
+    assert set(cond_types({SqueezeExcite: build})) == {CondLinear, CondFilm, CondCbam}
     assert CondSqueezeExcite in cond_types()

@@ -20,7 +20,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help=DATA_HELP)
     p.add_argument("--synthetic", action="store_true", help="use the synthetic CIFAR-100 stand-in")
     p.add_argument("--out", help="comparison directory (default: runs/compare/<recipe>)")
-    p.add_argument("--variants", default="se,se_a,se_r", help="comma-separated: se, se_a, se_r")
+    p.add_argument(
+        "--variants",
+        default="se,se_a,se_r",
+        help="comma-separated: se, se_a, se_r, or a [variants.NAME] of the recipe",
+    )
     p.add_argument("--seeds", default="0,1,2", help="comma-separated integers, e.g. 0,1,2")
     add_launcher_arguments(p)  # --launcher, --jobs, --gpus-per-run, --no-wait, SLURM resources
 
@@ -28,8 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from condattn.experiments import compare, parse_seeds, parse_variants, render_markdown
 
-    variants, seeds = parse_variants(args.variants), parse_seeds(args.seeds)
     recipe = resolve_recipe(args.recipe)
+    known = recipe if Path(recipe).is_file() else None  # its [variants.NAME] are valid names
+    variants, seeds = parse_variants(args.variants, known), parse_seeds(args.seeds)
     if not Path(recipe).is_file():
         from condattn.train.recipe import list_recipes, recipes_dir
 

@@ -25,6 +25,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "auto for timm:/torchvision: models)",
     )
     p.add_argument("--image-size", type=int, default=32, help="side of the square input")
+    p.add_argument(
+        "--cond-rank",
+        type=int,
+        default=0,
+        help="se_r: project T to K values per head before the blocks (default 0: T whole)",
+    )
+    p.add_argument("--cond", default="logits", help="se_r: what T is (logits | probs | ...)")
+    p.add_argument("--cond-mode", default="concat", help="se_r: how T enters (concat | film)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,13 +48,20 @@ def run(args: argparse.Namespace) -> int:
     model_cfg["aux_at"] = args.aux_at or ("auto" if external else "layer2,layer3")
     if args.r is not None:  # zoo only: the config refuses r for a timm:/torchvision: model
         model_cfg["r"] = args.r
+    if args.cond_rank < 0:
+        raise UserError(f"--cond-rank must be >= 0 (0: T whole), got {args.cond_rank}")
+    model_cfg.update(cond_rank=args.cond_rank, cond=args.cond, cond_mode=args.cond_mode)
     cfg = config_from_dict({"model": model_cfg})
     model = build_model(cfg, num_classes=args.num_classes)
     shape = (1, 3, args.image_size, args.image_size)
     params, macs = count_params(model), count_macs(model, shape, rules=args.rules)
     r = "" if external else f" r={cfg.model.r}"
+    m = cfg.model
+    if args.variant == "se_r":
+        r += f" cond={m.cond} cond_mode={m.cond_mode}"
+        r += f" cond_rank={m.cond_rank}" if m.cond_rank else ""
     print(
-        f"{args.model} variant={args.variant}{r}: params {params / 1e6:.3f}M, "
+        f"{args.model} variant={args.variant}{r} n={args.num_classes}: params {params / 1e6:.3f}M, "
         f"MACs {macs / 1e9:.3f}G (rules={args.rules}, input {'x'.join(map(str, shape))})"
     )
     return 0

@@ -45,6 +45,7 @@ from condattn.train.lock import is_locked
 from condattn.train.rundir import RunState, saved_config
 from condattn.train.rundir import config_diff as _diff
 from condattn.train.rundir import run_state as _state_of
+from condattn.train.variants import named_variants, variant_overrides
 
 __all__ = [
     "CompareError",
@@ -74,14 +75,20 @@ class CompareError(ValueError):
     """A comparison cannot go on (bad grid, a run directory that does not match, a failed run)."""
 
 
-def parse_variants(text: str) -> tuple[str, ...]:
-    """``"se,se_a,se_r"`` -> ``("se", "se_a", "se_r")``; unknown or repeated names are refused."""
+def parse_variants(text: str, recipe: str | os.PathLike[str] | None = None) -> tuple[str, ...]:
+    """``"se,se_a,se_r"`` -> ``("se", "se_a", "se_r")``; unknown or repeated names are refused.
+
+    Besides the built-in variants, the names of ``recipe``'s ``[variants.NAME]`` tables are valid
+    (:mod:`condattn.train.variants`).
+    """
     names = tuple(v.strip() for v in text.split(",") if v.strip())
-    bad = [v for v in names if v not in VARIANTS]
+    valid = [*VARIANTS, *(named_variants(recipe) if recipe is not None else {})]
+    bad = [v for v in names if v not in valid]
     if bad or not names:
         raise CompareError(
             f"--variants: unknown variant(s) {', '.join(map(repr, bad)) or repr(text)}; "
-            f"valid: {', '.join(VARIANTS)} (comma-separated, e.g. se,se_a,se_r)"
+            f"valid: {', '.join(valid)} (comma-separated, e.g. se,se_a,se_r; a recipe names "
+            "more with [variants.NAME] tables)"
         )
     if len(set(names)) != len(names):
         raise CompareError(f"--variants: {text!r} names a variant twice")
@@ -137,7 +144,8 @@ def plan_grid(
 
     Args:
         recipe: the recipe every run starts from.
-        variants: the ``model.variant`` values (see :func:`parse_variants`).
+        variants: built-in ``model.variant`` values or the recipe's named variants (see
+            :func:`parse_variants`).
         seeds: the ``system.seed`` values.
         overrides: the user's ``--set`` items, applied before the grid's own.
         out_dir: the comparison directory.
@@ -155,6 +163,7 @@ def plan_grid(
         raise CompareError(
             f"--set {key}=... clashes with the grid; choose it with {_GRID_KEYS[key]}"
         )
+    named = named_variants(recipe)
     own = ["system.progress=off"]
     if threads and not keys & {"system.threads", "threads"}:
         own.append(f"system.threads={threads}")
@@ -162,7 +171,9 @@ def plan_grid(
         GridRun(
             variant=v,
             seed=s,
-            cfg=load_recipe(recipe, [*overrides, *own, f"model.variant={v}", f"system.seed={s}"]),
+            cfg=load_recipe(
+                recipe, [*overrides, *own, *variant_overrides(v, named), f"system.seed={s}"]
+            ),
             run_dir=run_dir_for(out_dir, v, s),
         )
         for s in seeds

@@ -26,8 +26,10 @@ from condattn.train.config import VARIANT_LABELS, VARIANTS
 
 __all__ = [
     "PAIRS",
+    "QUESTIONS",
     "find_grid",
     "is_compare_dir",
+    "label",
     "plot_error_curves",
     "refresh_summary",
     "render_markdown",
@@ -35,9 +37,56 @@ __all__ = [
     "write_summary",
 ]
 
-# The differences of interest, (a, b) meaning a - b: conditioning over heads alone (the paper's
-# point), and each over the plain network.
+# The differences of interest, (a, b) meaning a - b, and the question each answers:
+# conditioning over heads alone (the paper's point), and each over the plain network.
 PAIRS = (("se_r", "se_a"), ("se_r", "se"), ("se_a", "se"))
+QUESTIONS = {
+    ("se_r", "se_a"): "does the result help beyond the heads?",
+    ("se_r", "se"): "does SE-R help over the plain network?",
+    ("se_a", "se"): "do the heads alone help?",
+}
+# A named variant's base minus the variant answers the question of what the variant changes
+# (condattn's controls, docs/howto-compare.md): keyed by (model key, value), value None = any.
+CONTROL_QUESTIONS = {
+    ("cond", "shuffled"): "does it have to be this image's result?",
+    ("cond", "features"): "is the result better than richer information?",
+    ("cond", "probs"): "does normalising T matter?",
+    ("cond_mode", "film"): "does the way T enters matter?",
+    ("cond_rank", None): "does projecting T to fewer values cost accuracy?",
+    ("detach_cond", None): "does the attention's gradient into the heads matter?",
+}
+
+
+def label(variant: str) -> str:
+    """The name tables and plots use: SE / SE-A / SE-R, or a named variant's own name."""
+    return VARIANT_LABELS.get(variant, variant)
+
+
+def _question(changed: Mapping[str, Any]) -> str:
+    for key, value in changed.items():
+        q = CONTROL_QUESTIONS.get((key, value)) or CONTROL_QUESTIONS.get((key, None))
+        if q:
+            return q
+    keys = ", ".join(f"model.{k}={v!r}" for k, v in changed.items()) or "its recipe keys"
+    return f"what does {keys} change?"
+
+
+def _pairs(collected: Mapping[str, Any], variants: Sequence[str]) -> list[tuple[str, str, str]]:
+    """(a, b, question) for every difference of interest present: :data:`PAIRS`, then each
+    named variant against its base (``a`` = the base, e.g. SE-R − shuffled)."""
+    runs = collected["runs"]
+    out = [(a, b, QUESTIONS[a, b]) for a, b in PAIRS if a in variants and b in variants]
+    for v in variants:
+        if v in VARIANTS or not runs[v]:
+            continue
+        model = runs[v][0]["_config"]["model"]
+        base = model["variant"]
+        if base not in variants or not runs[base]:
+            continue
+        ref = runs[base][0]["_config"]["model"]
+        changed = {k: x for k, x in model.items() if ref.get(k) != x}
+        out.append((base, v, _question(changed)))
+    return out
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -142,7 +191,8 @@ def summarize(
 
     ``variants[v]`` holds ``n``, ``mean``, ``std`` (:func:`~condattn.experiments.stats.describe`
     of the final top-1) and the runs; ``differences`` holds one
-    :func:`~condattn.experiments.stats.paired_difference` per pair of :data:`PAIRS` present.
+    :func:`~condattn.experiments.stats.paired_difference` per pair of :data:`PAIRS` present and
+    per named variant against its base, each with the question it answers.
 
     Raises:
         CompareError: no run of the grid has finished.
@@ -168,10 +218,10 @@ def summarize(
             "best_top1_mean": describe([r["best_top1"] for r in rs])["mean"],
             "runs": [{k: x for k, x in r.items() if not k.startswith("_")} for r in rs],
         }
-    for a, b in PAIRS:
-        if a in variants and b in variants:
-            top1 = {v: {r["seed"]: r["top1"] for r in collected["runs"][v]} for v in (a, b)}
-            summary["differences"].append({"a": a, "b": b, **paired_difference(top1[a], top1[b])})
+    for a, b, question in _pairs(collected, variants):
+        top1 = {v: {r["seed"]: r["top1"] for r in collected["runs"][v]} for v in (a, b)}
+        diff = paired_difference(top1[a], top1[b])
+        summary["differences"].append({"a": a, "b": b, "question": question, **diff})
     histories = {v: [r["_history"] for r in collected["runs"][v]] for v in variants}
     return summary, histories
 
@@ -195,7 +245,7 @@ def _ci(ci: Sequence[float] | None) -> str:
 
 def _sentence(d: Mapping[str, Any]) -> str:
     """One plain sentence on whether the difference's interval excludes zero."""
-    a, b = VARIANT_LABELS[d["a"]], VARIANT_LABELS[d["b"]]
+    a, b = label(d["a"]), label(d["b"])
     head = f"{a} − {b}"
     if not d["n_pairs"]:
         return f"{head}: no seed has finished runs of both."
@@ -240,7 +290,7 @@ def _conditions_text(c: Mapping[str, Any]) -> str:
 def render_markdown(summary: Mapping[str, Any]) -> str:
     """compare.md: conditions, the per-variant table, the differences and one sentence each."""
     c = summary["conditions"]
-    names = " vs ".join(VARIANT_LABELS[v] for v in summary["variants"])
+    names = " vs ".join(label(v) for v in summary["variants"])
     lines = [
         f"# {names}: {c['model']}",
         "",
@@ -255,7 +305,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         spread = f" ± {s['std']:.2f}" if s["std"] is not None else " (one seed: no std)"
         top1 = f"{_num(s['mean'])}{spread}" if s["n"] else "–"
         lines.append(
-            f"| {VARIANT_LABELS[v]} | {top1} | {s['n']} | {_num(s['top5_mean'])} | "
+            f"| {label(v)} | {top1} | {s['n']} | {_num(s['top5_mean'])} | "
             f"{_num(s['best_top1_mean'])} |"
         )
     if summary["differences"]:
@@ -264,12 +314,13 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             "Differences in top-1, paired by seed (same data order and init per seed); 95% "
             "t-interval and paired-t p, with Welch's unpaired p as a check:",
             "",
-            "| difference | mean (points) | 95% CI | paired-t p | Welch p | pairs |",
-            "|---|---|---|---|---|---|",
+            "| difference | what it answers | mean (points) | 95% CI | paired-t p | Welch p | "
+            "pairs |",
+            "|---|---|---|---|---|---|---|",
         ]
         for d in summary["differences"]:
             lines.append(
-                f"| {VARIANT_LABELS[d['a']]} − {VARIANT_LABELS[d['b']]} | "
+                f"| {label(d['a'])} − {label(d['b'])} | {d.get('question', '')} | "
                 f"{_num(d['mean'], '+.2f')} | "
                 f"{_ci(d['ci95'])} | {_p(d['p'])} | {_p(d['p_welch'])} | {d['n_pairs']} |"
             )
@@ -316,8 +367,8 @@ def plot_error_curves(
             err = [np.asarray(per_epoch[e]) for e in x]
             mean = np.array([e.mean() for e in err])
             lo, hi = np.array([e.min() for e in err]), np.array([e.max() for e in err])
-            label = f"{VARIANT_LABELS[v]} (n={len(runs)})"
-            style = {"color": f"C{i % 10}", "marker": "o", "label": label}
+            name = f"{label(v)} (n={len(runs)})"
+            style = {"color": f"C{i % 10}", "marker": "o", "label": name}
             if len(x) == 1:  # one epoch: a band has no width; min-max bars, side by side
                 dodge = 0.1 * (i - (len(histories) - 1) / 2)
                 ax.errorbar(np.add(x, dodge), mean, yerr=[mean - lo, hi - mean], capsize=4, **style)
@@ -376,7 +427,16 @@ def find_grid(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
         c = _read_json(p / "compare.json")["conditions"]
         keys = ("variants", "seeds", "recipe", "overrides")
         return {k: c[k] for k in keys}
-    variants = [v for v in VARIANTS if (p / v).is_dir()]
+    named = (
+        sorted(
+            d.name
+            for d in p.iterdir()
+            if d.is_dir() and d.name not in VARIANTS and any(d.glob("seed*/config.json"))
+        )
+        if p.is_dir()
+        else []
+    )
+    variants = [v for v in VARIANTS if (p / v).is_dir()] + named
     seeds = {
         int(d.name[4:])
         for v in variants

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from condattn.models import external
+import condattn.models.external as external
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 

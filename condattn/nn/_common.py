@@ -14,9 +14,9 @@ _HALF = (torch.bfloat16, torch.float16)
 def _sum_by_matmul(x: Tensor) -> bool:
     """Whether a mean of ``x`` is better taken as a matrix product.
 
-    On CPU, torch 2.14's sum/mean kernels run 10-20x slower in bf16 and fp16 than in fp32 (a
-    (128, 128, 32, 32) bf16 tensor: 22 ms for ``mean((2, 3))``, 1.2 ms as a matrix product).
-    Under bf16 autocast this made SE's pool most of SE's cost (docs/results.md, Speed).
+    On CPU, torch's sum/mean kernels ran many times slower in bf16 and fp16 than in fp32 when
+    this was measured; under bf16 autocast that made SE's pool most of SE's cost (the numbers,
+    device and version: docs/results.md, "The cost of SE itself").
     oneDNN's matrix product accumulates in fp32 and reads the tensor in its own layout.
     """
     return x.device.type == "cpu" and x.dtype in _HALF and x.dim() == 4

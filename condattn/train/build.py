@@ -19,6 +19,7 @@ from condattn.losses import DeepSupervisionLoss
 from condattn.models import create_model, is_external
 from condattn.outputs import CondOutput
 from condattn.train.config import ConfigError, ModelConfig, TrainConfig
+from condattn.transform.config import ConvertConfig
 from condattn.transform.convert import convert, get_config
 from condattn.transform.discovery import list_attention
 from condattn.transform.mappings import swappable_types
@@ -148,6 +149,24 @@ def build_augment(
     )
 
 
+def convert_options(m: ModelConfig, *, num_classes: int) -> ConvertConfig:
+    """The recipe's ``[model]`` table as :class:`~condattn.ConvertConfig`: every option of the
+    same name is taken as it is (a new conversion option needs only its ``ModelConfig`` key);
+    the others are translated here."""
+    same = {k: getattr(m, k) for k in ConvertConfig().options() if hasattr(m, k)}
+    return ConvertConfig(
+        **{
+            **same,
+            "aux_at": "auto" if m.auto_aux_at else tuple(m.aux_at),
+            "num_classes": num_classes,
+            "conditioned": m.variant == "se_r",
+            "cond_rank": m.cond_rank or None,  # TOML has no None: 0 feeds T whole
+            "aux_head": m.aux_head or {},
+            "init": m.cond_init,
+        }
+    )
+
+
 def build_model(cfg: TrainConfig, *, num_classes: int) -> nn.Module:
     """Creates ``model.arch`` and converts it for the variant.
 
@@ -183,16 +202,7 @@ def build_model(cfg: TrainConfig, *, num_classes: int) -> nn.Module:
     aux_model = create_model(m.aux_model, num_classes=num_classes) if m.aux_model else None
     converted = convert(
         net,
-        aux_at="auto" if m.auto_aux_at else list(m.aux_at),
-        num_classes=num_classes,
-        conditioned=m.variant == "se_r",
-        cond=m.cond,
-        cond_mode=m.cond_mode,
-        cond_rank=m.cond_rank or None,
-        detach_cond=m.detach_cond,
-        aux_dropout=m.aux_dropout,
-        aux_head=m.aux_head or None,
-        init=m.cond_init,
+        convert_options(m, num_classes=num_classes),
         aux_model=aux_model,
         feeds=_feeds(net, m) if m.aux_model_feeds else None,
     )

@@ -33,8 +33,8 @@ from condattn.models import create_model
 from condattn.train.build import build_model
 from condattn.train.config import VARIANT_LABELS, TrainConfig
 from condattn.train.recipe import config_from_dict
+from condattn.transform.serialization import is_saved_model, load_base_state_dict
 from condattn.transform.serialization import load as load_converted
-from condattn.transform.serialization import load_base_state_dict
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -174,7 +174,7 @@ def file_kind(payload: Any) -> Literal["run", "saved", "state_dict", "unknown"]:
         return "unknown"
     if "format_version" in payload:
         return "run"
-    if {"format", "config", "state_dict"} <= payload.keys():
+    if is_saved_model(payload):
         return "saved"
     if all(isinstance(v, Tensor) for v in payload.values()):
         return "state_dict"

@@ -54,7 +54,7 @@ __all__ = [
     "recipes_dir",
 ]
 
-_TOP_LEVEL = ("name", "base", *SECTIONS)
+_TOP_LEVEL = ("name", "base", "variants", *SECTIONS)
 _PACKAGE = Path(__file__).resolve().parents[1]  # the condattn folder
 
 
@@ -144,6 +144,7 @@ def config_from_dict(d: Mapping[str, Any]) -> TrainConfig:
             "(put options inside their [section])"
         )
     sections = {}
+    # [variants.NAME] tables are compare's (named_variants); a run's config does not hold them
     for name, cls in SECTIONS.items():
         values = d.get(name, {})
         if not isinstance(values, Mapping):

@@ -22,7 +22,7 @@ from condattn.nn import AuxHead
 from condattn.transform.config import ConvertConfig, Swap, get_config, swaps_of
 from condattn.transform.convert import AUX_MODEL, convert
 
-__all__ = ["LoadResult", "load", "load_base_state_dict", "save"]
+__all__ = ["LoadResult", "is_saved_model", "load", "load_base_state_dict", "save"]
 
 _FORMAT = "condattn.checkpoint.v1"
 
@@ -57,9 +57,14 @@ def _read(path: str | os.PathLike, map_location) -> dict[str, Any]:
         raise ValueError(
             f"{path} is not a condattn checkpoint (written by condattn.save): {e}"
         ) from e
-    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+    if not is_saved_model(payload):
         raise ValueError(f"{path} is not a condattn checkpoint (written by condattn.save)")
     return payload
+
+
+def is_saved_model(payload: Any) -> bool:
+    """Whether a loaded file is one :func:`save` wrote (the one test of the format)."""
+    return isinstance(payload, dict) and payload.get("format") == _FORMAT
 
 
 def load(
