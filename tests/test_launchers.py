@@ -187,3 +187,19 @@ def test_local_only_and_slurm_only_flags_are_refused(tmp_path: Path, capsys) -> 
     argv = ["compare", QUICK, "--synthetic", "--out", str(tmp_path), "--partition", "gpu"]
     assert main(argv) == 2
     assert "--partition only apply to --launcher slurm" in capsys.readouterr().err
+
+
+def test_recipe_launcher_table_gives_the_resources_and_flags_win(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("submitit", reason="--launcher slurm needs the slurm extra (submitit)")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        f'base = "{QUICK}"\n\n[launcher.slurm]\npartition = "gpu"\ntime = "0:30:00"\n'
+        'qos = "low"\nextra = ["--constraint=a100"]\n'
+    )
+    argv = ["compare", str(recipe), "--synthetic", "--variants", "se", "--seeds", "0,1"]
+    argv += ["--out", str(tmp_path / "o"), "--launcher", "slurm", "--dry-run", "--qos", "high"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "#SBATCH --partition=gpu" in out and "#SBATCH --time=30" in out
+    assert "#SBATCH --qos=high" in out and "#SBATCH --constraint=a100" in out
+    assert "#SBATCH --array=0-1%2" in out
