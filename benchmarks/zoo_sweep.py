@@ -1,36 +1,45 @@
-"""Zoo coverage: every torchvision and timm classifier with swappable attention, converted.
+"""Zoo coverage: every CNN classifier of torchvision and timm, converted, with or without attention.
 
 For each classification model of ``torchvision.models.list_models(module=torchvision.models)``
 and ``timm.list_models()``:
 
 1. **Detect** (cheap, on the meta device): build it with random weights and look for instances
    of the swap table's types (:func:`condattn.get_attention_mapping`), inside blocks that fx
-   does not trace included. Models without any are not part of the sweep; models with more
-   parameters than ``--max-params`` (default 40e6) are counted but not run unless ``--all``.
+   does not trace included, and count its downsampling layers (``Conv2d`` or pooling with a
+   stride over 1). A model with swappable attention is in the sweep (route ``direct``). One
+   without is a **CNN classifier** when it has at least two downsampling layers (route
+   ``add_attention``); a pure transformer (ViT, DeiT, Swin, BEiT, Mixer, ...) has one, its patch
+   embedding, and is left out. Models with more parameters than ``--max-params`` (default 40e6)
+   are counted but not run unless ``--all``.
 2. **Check** (:func:`check_model`): build it for real (seeded random weights, made "trained-like":
    random BatchNorm affine parameters; the all-zero parameters that fresh models start with, e.g.
    zero-init residual gains, given small random values, so that nothing multiplies the attention
    by 0; BatchNorm statistics from a train-mode batch that holds the test input, so that the
    activations stay in range as a trained model's do and fp32 rounding is not amplified
-   block after block), convert it with ``aux_at="auto"`` and ``init="zeros"`` and
-   compare with the original in eval mode, fp32, on the same input:
-   ``max|a - b| / max|a| <= 1e-4`` passes. A forward hook also checks that every twin ran with
-   T. The input is 64 px, then 96 px, then the model's default size (timm's
-   ``pretrained_cfg["input_size"]``, torchvision's weights' crop size) where a smaller one fails.
+   block after block). In train mode, a ``direct`` model is converted with ``aux_at="auto"`` and
+   ``init="zeros"``; an ``add_attention`` one goes through ``condattn.add_attention(kind="se",
+   init="identity")`` first. Both are compared with the original in eval mode, fp32, on the same
+   input: ``max|a - b| / max|a| <= 1e-4`` passes (and two eval calls agree exactly: the result
+   follows ``.eval()``). A forward hook also checks that every twin ran with T. The input is
+   64 px, then 96 px, then the model's default size (timm's ``pretrained_cfg["input_size"]``,
+   torchvision's weights' crop size) where a smaller one fails. A plain model whose traced trunk
+   has conv blocks at fewer than two resolutions (``add_attention`` refuses it: a transformer
+   whose only 4-D stage is its patch embedding) is reported as not a CNN, not as a failure.
 
 Each model runs in a worker process with a per-model timeout (``--timeout``), so one
 pathological model cannot hang the sweep; ``--jobs`` workers run in parallel (``--jobs 0``: in
-this process, no timeout, for tests and debugging). Per model it reports the route(s) of the fed
-attention (``graph`` / ``in-place``), the heads chosen by ``aux_at="auto"``, the number of
-attention modules fed, the relative difference, the time, and pass/fail with the reason.
+this process, no timeout, for tests and debugging). Per model it reports the route, the
+position of each added block (``standard`` / ``post``), the route(s) of the fed attention
+(``graph`` / ``in-place``), the heads chosen by ``aux_at="auto"``, the number of attention
+modules fed, the relative difference, the time, and pass/fail with the reason; per family, N/M.
 Results: ``benchmarks/results/zoo_sweep_<device>.json`` and ``.md``; finished models are also
 appended to ``zoo_sweep_<device>.partial.jsonl`` so that ``--resume`` continues a killed run
 (models skipped for the size cap are run again: the cap may have been raised). ``--all`` writes
-``zoo_sweep_all_<device>.*`` instead.
+``zoo_sweep_all_<device>.*`` instead; ``--attention-only`` leaves the plain CNNs out.
 
     python benchmarks/zoo_sweep.py                 # under the size cap
-    python benchmarks/zoo_sweep.py --all --jobs 2  # every attention model
-    python benchmarks/zoo_sweep.py --models timm:lcnet_050 torchvision:mobilenet_v3_large
+    python benchmarks/zoo_sweep.py --all --jobs 2  # every CNN classifier
+    python benchmarks/zoo_sweep.py --models timm:lcnet_050 torchvision:resnet18
 """
 
 from __future__ import annotations
@@ -45,12 +54,13 @@ import time
 import traceback
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import _common as C
 import torch
+from _zoo_report import markdown, summarize
 from torch import nn
 
 ZOOS = ("torchvision", "timm")
@@ -59,6 +69,9 @@ TOL = 1e-4
 MAX_PARAMS = 40e6
 CALIBRATION_PIXELS = 16 * 96 * 96  # images x pixels of the BN calibration batch, at most
 BATCH = 2
+DIRECT = "direct"  # a model with swappable attention: convert
+ADD = "add_attention"  # a plain CNN: add_attention(init="identity"), then convert
+NO_ATTENTION = "no swappable attention"
 
 
 # --- the two zoos ------------------------------------------------------------------------------
@@ -82,7 +95,10 @@ def build(zoo: str, name: str) -> nn.Module:
     if zoo == "torchvision":
         import torchvision
 
-        return torchvision.models.get_model(name, weights=None)
+        # GoogLeNet and Inception-v3 return their aux classifiers' outputs too in train mode
+        # (a namedtuple, not logits): built without them, as convert's error message advises.
+        extra = {"aux_logits": False} if name in ("googlenet", "inception_v3") else {}
+        return torchvision.models.get_model(name, weights=None, **extra)
     import timm
 
     return timm.create_model(name, pretrained=False)
@@ -128,9 +144,19 @@ def _parameters_on_meta():
         nn.Module.register_parameter = register
 
 
+def downsampling_layers(model: nn.Module) -> int:
+    """How many ``Conv2d`` and pooling layers have a stride over 1 (a pure transformer: 1)."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+            stride = m.stride if m.stride is not None else m.kernel_size
+            n += (stride if isinstance(stride, int) else max(stride)) > 1
+    return n
+
+
 def detect(zoo: str, name: str) -> dict[str, Any]:
-    """Build with parameters on the meta device (no memory, no init cost): attention kinds and
-    parameters."""
+    """Build with parameters on the meta device (no memory, no init cost): attention kinds,
+    parameters and downsampling layers."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -141,6 +167,7 @@ def detect(zoo: str, name: str) -> dict[str, Any]:
                 model = build(zoo, name)
     return {
         "kinds": attention_kinds(model),
+        "downsampling": downsampling_layers(model),
         "params": sum(p.numel() for p in model.parameters()),
         "default_size": default_size(zoo, name, model),
     }
@@ -232,8 +259,30 @@ def _short(e: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _compare(model: nn.Module, size: int) -> dict[str, Any]:
-    """Convert at ``size`` px and compare with the original (raises on failure)."""
+NOT_CNN = "not a CNN"  # the reason of a plain model that is left out
+
+
+def _convert(model: nn.Module, size: int, route: str) -> tuple[nn.Module, dict[str, Any]]:
+    """Convert ``model`` (in its mode) by ``route``; for ``add_attention``, the added model's
+    positions and timing too."""
+    import condattn
+
+    example = torch.zeros(1, 3, size, size)
+    if route == DIRECT:
+        return condattn.convert(model, "auto", init="zeros", example_input=example), {}
+    start = time.perf_counter()
+    added = condattn.add_attention(model, kind="se", init="identity", example_input=example)
+    info = {
+        "add_s": time.perf_counter() - start,
+        "positions": dict(Counter(a.position for a in condattn.get_added(added).values())),
+        "_added": added,
+    }
+    return condattn.convert(added, "auto", init="zeros", example_input=example), info
+
+
+def _compare(model: nn.Module, size: int, route: str = "direct") -> dict[str, Any]:
+    """Convert at ``size`` px (in train mode) and compare with the original in eval mode
+    (raises on failure)."""
     import condattn
 
     x = torch.randn(BATCH, 3, size, size, generator=torch.Generator().manual_seed(1))
@@ -243,9 +292,7 @@ def _compare(model: nn.Module, size: int) -> dict[str, Any]:
     start = time.perf_counter()
     model.train()  # converted in train mode, compared in eval: the result must follow .eval()
     try:
-        conv = condattn.convert(
-            model, "auto", init="zeros", example_input=torch.zeros(1, 3, size, size)
-        )
+        conv, info = _convert(model, size, route)
     finally:
         model.eval()
     t_convert = time.perf_counter() - start
@@ -256,12 +303,15 @@ def _compare(model: nn.Module, size: int) -> dict[str, Any]:
         with torch.no_grad():
             out = conv(x)
             again = conv(x)
+            added = info.pop("_added", None)
+            if added is not None:
+                info["added_rel_diff"] = _rel(added.eval()(x), expected)
     finally:
         check.close()
-    diff = float((out.logits.double() - expected.double()).abs().max())
-    scale = float(expected.double().abs().max())
     return {
         "size": size,
+        "route": route,
+        **info,
         "heads": list(cfg.aux_at),
         "placement": cfg.placement,
         "fed": sum(len(v) for v in cfg.feeds.values()),
@@ -269,11 +319,17 @@ def _compare(model: nn.Module, size: int) -> dict[str, Any]:
         "twins": len(check.twins),
         "twins_with_t": len(check.with_t),
         "twins_without_t": sorted(set(check.twins) - check.with_t),
-        "rel_diff": diff / scale if scale > 0 else diff,
+        "rel_diff": _rel(out.logits, expected),
         "eval_deterministic": bool(torch.equal(out.logits, again.logits)),
         "graphs": "one" if conv.shares_graph else "train+eval",
         "convert_s": t_convert,
     }
+
+
+def _rel(out: torch.Tensor, expected: torch.Tensor) -> float:
+    diff = float((out.double() - expected.double()).abs().max())
+    scale = float(expected.double().abs().max())
+    return diff / scale if scale > 0 else diff
 
 
 def _verdict(res: dict[str, Any], tol: float) -> tuple[str, str]:
@@ -293,12 +349,18 @@ def check_model(
     max_params: float | None = MAX_PARAMS,
     sizes: Sequence[int] = SIZES,
     tol: float = TOL,
+    plain: bool = True,
 ) -> dict[str, Any]:
-    """Detect, build, convert (``aux_at="auto"``, ``init="zeros"``) and compare one model.
+    """Detect, build, convert (``aux_at="auto"``, ``init="zeros"``; a plain CNN through
+    ``add_attention(init="identity")`` first) and compare one model.
+
+    Args:
+        plain: also run CNNs without swappable attention (False: skip them, as before).
 
     Returns:
         A JSON-able dict: ``status`` is ``"pass"``, ``"fail"`` (with ``reason``), ``"skip"``
-        (no swappable attention, or over ``max_params``), plus what :func:`_compare` measured.
+        (not a CNN, no attention with ``plain=False``, or over ``max_params``), plus what
+        :func:`_compare` measured.
     """
     start = time.perf_counter()
     row: dict[str, Any] = {"zoo": zoo, "model": name}
@@ -306,8 +368,10 @@ def check_model(
         row.update(detect(zoo, name))
     except Exception as e:
         return {**row, "status": "fail", "reason": "build on meta: " + _short(e)}
-    if not row["kinds"]:
-        return {**row, "status": "skip", "reason": "no swappable attention"}
+    row["route"] = DIRECT if row["kinds"] else ADD
+    if row["route"] == ADD and (not plain or row["downsampling"] < 2):
+        why = NO_ATTENTION if not plain else f"{NOT_CNN}: {row['downsampling']} downsampling layer"
+        return {**row, "status": "skip", "reason": why}
     if max_params is not None and row["params"] > max_params:
         return {**row, "status": "skip", "reason": f"over the size cap ({max_params:g})"}
     torch.manual_seed(0)
@@ -318,8 +382,11 @@ def check_model(
     errors = []
     for size in tries:
         try:
-            res = _compare(model, size)
+            res = _compare(model, size, row["route"])
         except Exception as e:
+            if row["route"] == ADD and "needs conv blocks in at least two stages" in str(e):
+                why = f"{NOT_CNN}: conv blocks at fewer than two resolutions when traced"
+                return {**row, "status": "skip", "reason": why}
             errors.append(f"{size}px: {_short(e)}")
             continue
         status, reason = _verdict(res, tol)
@@ -352,7 +419,7 @@ def _limit_memory(share: float) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _worker(conn, threads: int, max_params: float | None, tol: float, share: float) -> None:
+def _worker(conn, threads: int, max_params, tol: float, share: float, plain: bool) -> None:
     torch.set_num_threads(threads)
     import condattn  # noqa: F401  (imported before "ready": the timeout counts the model only)
 
@@ -366,7 +433,7 @@ def _worker(conn, threads: int, max_params: float | None, tol: float, share: flo
             return
         zoo, name = task
         try:
-            conn.send(check_model(zoo, name, max_params=max_params, tol=tol))
+            conn.send(check_model(zoo, name, max_params=max_params, tol=tol, plain=plain))
         except BaseException as e:  # a bug in the check itself: report it, keep serving
             conn.send(
                 {"zoo": zoo, "model": name, "status": "fail", "reason": "sweep: " + _short(e)}
@@ -387,7 +454,9 @@ class _Slot:
         self.conn, child = self.ctx.Pipe()
         a = self.args
         self.proc = self.ctx.Process(
-            target=_worker, args=(child, a.threads, a.cap, a.tol, 0.8 / a.jobs), daemon=True
+            target=_worker,
+            args=(child, a.threads, a.cap, a.tol, 0.8 / a.jobs, a.plain),
+            daemon=True,
         )
         self.proc.start()
         child.close()
@@ -432,7 +501,7 @@ def run_all(tasks: Sequence[tuple[str, str]], args: argparse.Namespace, on_resul
     """Run ``check_model`` on every task, ``args.jobs`` at a time (0: here, in order)."""
     if args.jobs == 0:
         for zoo, name in tasks:
-            on_result(check_model(zoo, name, max_params=args.cap, tol=args.tol))
+            on_result(check_model(zoo, name, max_params=args.cap, tol=args.tol, plain=args.plain))
         return
     ctx = mp.get_context("spawn")
     slots = [_Slot(ctx, args) for _ in range(min(args.jobs, len(tasks)) or 1)]
@@ -449,104 +518,6 @@ def run_all(tasks: Sequence[tuple[str, str]], args: argparse.Namespace, on_resul
             s.close()
 
 
-# --- report ------------------------------------------------------------------------------------
-
-
-def summarize(rows: Iterable[dict[str, Any]], listed: dict[str, int]) -> dict[str, dict]:
-    """Per zoo: models listed, with attention, over the cap, run, passed, failed."""
-    zero = {"attention": 0, "over_cap": 0, "run": 0, "passed": 0, "failed": 0}
-    out = {z: {"listed": n, **zero} for z, n in listed.items()}
-    for r in rows:
-        s = out[r["zoo"]]
-        if r["status"] == "skip" and r["reason"] == "no swappable attention":
-            continue
-        s["attention"] += 1
-        if r["status"] == "skip":
-            s["over_cap"] += 1
-            continue
-        s["run"] += 1
-        s["passed" if r["status"] == "pass" else "failed"] += 1
-    return out
-
-
-def _fmt_routes(r: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in sorted(r.get("routes", {}).items())) or "-"
-
-
-def markdown(payload: dict[str, Any]) -> str:
-    cond, summary, rows = payload["conditions"], payload["summary"], payload["models"]
-    s = payload["settings"]
-    cap = "none (--all)" if s["max_params"] is None else f"{s['max_params'] / 1e6:g} M params"
-    lines = [
-        f"Conditions: {C.conditions_line(cond)}",
-        "",
-        f'Convert with `aux_at="auto"`, `init="zeros"` in train mode, then compare in eval mode '
-        f"(the result must follow `.eval()`); fp32, batch {BATCH}; pass: two eval calls agree "
-        f"exactly and max|a-b| / max|a| <= {s['tol']:g}. Sizes tried: {s['sizes']} px, then the "
-        f"model's default. Size cap: {cap}. Per-model timeout {s['timeout']:g} s.",
-        "",
-    ]
-    table = []
-    for zoo, z in summary.items():
-        table.append([zoo, z["listed"], z["attention"], z["over_cap"], f"{z['passed']}/{z['run']}"])
-    lines.append(
-        C.md_table(["zoo", "models", "with attention", "over cap", "function-preserving"], table)
-    )
-    fails = [r for r in rows if r["status"] == "fail"]
-    lines += ["", f"## Failures ({len(fails)})", ""]
-    if fails:
-        lines.append(
-            C.md_table(
-                ["zoo", "model", "reason"],
-                [[r["zoo"], r["model"], r["reason"]] for r in fails],
-                align="lll",
-            )
-        )
-    else:
-        lines.append("None.")
-    ran = [r for r in rows if r["status"] in ("pass", "fail")]
-    lines += ["", f"## Every model run ({len(ran)})", ""]
-    lines.append(
-        C.md_table(
-            [
-                "zoo",
-                "model",
-                "M params",
-                "px",
-                "attention",
-                "route(s)",
-                "heads",
-                "fed",
-                "graphs",
-                "rel diff",
-                "convert s",
-                "total s",
-                "result",
-            ],
-            [
-                [
-                    r["zoo"],
-                    r["model"],
-                    f"{r.get('params', 0) / 1e6:.1f}",
-                    r.get("size", "-"),
-                    " ".join(r.get("kinds", [])),
-                    _fmt_routes(r),
-                    " ".join(r.get("heads", [])) or "-",
-                    r.get("fed", "-"),
-                    r.get("graphs", "-"),
-                    f"{r['rel_diff']:.1e}" if "rel_diff" in r else "-",
-                    f"{r['convert_s']:.1f}" if "convert_s" in r else "-",
-                    f"{r.get('total_s', 0):.1f}",
-                    r["status"],
-                ]
-                for r in ran
-            ],
-            align="lllrlllllrrrl",
-        )
-    )
-    return "\n".join(lines)
-
-
 # --- command line ------------------------------------------------------------------------------
 
 
@@ -558,6 +529,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="the sample's seed")
     p.add_argument("--max-params", type=float, default=MAX_PARAMS, help="the size cap")
     p.add_argument("--all", action="store_true", help="no size cap")
+    p.add_argument("--attention-only", action="store_true", help="leave out CNNs without attention")
     p.add_argument("--tol", type=float, default=TOL)
     p.add_argument("--jobs", type=int, default=1, help="worker processes (0: in this process)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per model")
@@ -566,6 +538,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help=f"results folder (default: {C.RESULTS})")
     args = p.parse_args(argv)
     args.cap = None if args.all else args.max_params
+    args.plain = not args.attention_only
     return args
 
 
@@ -620,14 +593,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             "max_params": args.cap,
             "timeout": args.timeout,
             "sample": args.sample,
+            "plain": args.plain,
             "seed": args.seed,
         },
         "summary": summarize(rows, listed),
-        "models": [r for r in rows if not (r["status"] == "skip" and not r.get("kinds"))],
+        "models": [r for r in rows if r["status"] != "skip" or r["reason"].startswith("over")],
+        "left_out": [r for r in rows if r["status"] == "skip" and r["reason"].startswith(NOT_CNN)],
     }
     C.write_results(name, device, payload, markdown(payload), out=out_dir)
     for zoo, z in payload["summary"].items():
-        print(f"{zoo}: {z['passed']}/{z['run']} function-preserving ({z['over_cap']} over cap)")
+        print(
+            f"{zoo}: {z['passed']}/{z['run']} function-preserving ({z['over_cap']} over cap, "
+            f"{z['plain']} without attention)"
+        )
     return 0 if all(z["failed"] == 0 for z in payload["summary"].values()) else 1
 
 

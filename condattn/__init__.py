@@ -11,6 +11,7 @@ from condattn import models, nn
 from condattn.losses import DeepSupervisionLoss, LossParts
 from condattn.outputs import CondOutput
 from condattn.profiling import count_macs, count_params
+from condattn.transform.add_attention import add_attention, get_added
 from condattn.transform.convert import (
     ConversionError,
     ConvertConfig,
@@ -37,10 +38,12 @@ __all__ = [
     "LoadResult",
     "LossParts",
     "Placement",
+    "add_attention",
     "auto_aux_at",
     "convert",
     "count_macs",
     "count_params",
+    "get_added",
     "get_attention_mapping",
     "get_config",
     "list_attention",

@@ -25,7 +25,7 @@ from condattn.experiments import (
     write_summary,
 )
 from condattn.experiments.grid import _train_in_child, run_state
-from condattn.experiments.summary import _sentence
+from condattn.experiments.summary import QUESTIONS, _sentence
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = str(REPO / "recipes" / "quick.toml")
@@ -218,7 +218,8 @@ def test_grid_writes_runs_and_a_summary(grid_dir: Path) -> None:
     assert pairs == [("se_r", "se_a"), ("se_r", "se"), ("se_a", "se")]
     for d in summary["differences"]:
         assert set(d) >= {"mean", "ci95", "p", "p_welch", "n_pairs"} and d["n_pairs"] == 2
-        assert d == {"a": d["a"], "b": d["b"], **paired_difference(top1[d["a"]], top1[d["b"]])}
+        diff = paired_difference(top1[d["a"]], top1[d["b"]])
+        assert d == {"a": d["a"], "b": d["b"], "question": QUESTIONS[d["a"], d["b"]], **diff}
     md = (grid_dir / "compare.md").read_text()
     assert "| variant | top-1 (%) | n |" in md and "| SE-R − SE-A |" in md
     assert sum(line.startswith("- SE") for line in md.splitlines()) == 3  # a sentence each

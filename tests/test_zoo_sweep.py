@@ -1,8 +1,9 @@
 """``benchmarks/zoo_sweep.py``: its per-model check on a handful of small zoo models.
 
 The default suite runs the check on torchvision's MobileNetV3-Large (graph route), timm's
-LCNet-050 (one head: all its SE is in the last stage) and timm's smallest NF network (attention
-inside timm's not-traceable ``NormFreeBlock``: the in-place route), plus the skip rules and the
+LCNet-050 (one head: all its SE is in the last stage), timm's smallest NF network (attention
+inside timm's not-traceable ``NormFreeBlock``: the in-place route) and timm's ResNet-10t (no
+attention: through ``add_attention``), plus the skip rules (a ViT is not a CNN) and the
 result files. A slow test runs a seeded random sample of 20 attention models from both zoos.
 """
 
@@ -58,9 +59,20 @@ def test_check_model_on_small_zoo_models(zs, zoo: str, name: str, route: str, he
     assert row["size"] == 64
 
 
-def test_models_without_attention_or_over_the_cap_are_skipped(zs) -> None:
-    none = zs.check_model("timm", "resnet10t")
-    assert (none["status"], none["reason"], none["kinds"]) == ("skip", "no swappable attention", [])
+def test_a_plain_cnn_goes_through_add_attention_and_keeps_its_function(zs) -> None:
+    row = zs.check_model("timm", "resnet10t")
+    _assert_preserved(row)
+    assert row["route"] == "add_attention" and row["kinds"] == []
+    assert row["positions"] == {"standard": 4, "post": 2}  # 4 basic blocks; 2 units of the stem
+    assert row["added_rel_diff"] == 0.0  # identity init: exactly the source's function
+
+
+def test_transformers_plain_models_off_and_models_over_the_cap_are_skipped(zs) -> None:
+    vit = zs.check_model("timm", "vit_tiny_patch16_224")
+    assert vit["status"] == "skip" and vit["reason"].startswith("not a CNN")
+    assert vit["downsampling"] == 1  # its patch embedding
+    off = zs.check_model("timm", "resnet10t", plain=False)
+    assert (off["status"], off["reason"], off["kinds"]) == ("skip", "no swappable attention", [])
     big = zs.check_model("timm", "lcnet_050", max_params=1e5)
     assert big["status"] == "skip" and "size cap" in big["reason"]
     assert big["kinds"] == ["SqueezeExcite"] and big["params"] > 1e5
@@ -78,16 +90,19 @@ def test_verdict_fails_a_difference_a_twin_without_t_and_a_random_eval(zs) -> No
 
 
 def test_main_writes_json_and_markdown(zs, tmp_path) -> None:
-    models = ["timm:test_nfnet", "timm:resnet10t"]
+    models = ["timm:test_nfnet", "timm:resnet10t", "timm:vit_tiny_patch16_224"]
     assert zs.main(["--models", *models, "--jobs", "0", "--out", str(tmp_path)]) == 0
     payload = json.loads((tmp_path / "zoo_sweep_cpu.json").read_text())
     assert payload["summary"]["timm"] == {
-        "listed": 2, "attention": 1, "over_cap": 0, "run": 1, "passed": 1, "failed": 0
+        "listed": 3, "attention": 1, "plain": 1, "not_cnn": 1, "over_cap": 0, "run": 2,
+        "passed": 2, "failed": 0,
     }  # fmt: skip
-    assert [r["model"] for r in payload["models"]] == ["test_nfnet"]
+    assert [r["model"] for r in payload["models"]] == ["test_nfnet", "resnet10t"]
+    assert [r["model"] for r in payload["left_out"]] == ["vit_tiny_patch16_224"]
     assert "git_sha" in payload["conditions"]
     text = (tmp_path / "zoo_sweep_cpu.md").read_text()
-    assert "| timm | 2 | 1 | 0 | 1/1 |" in text and "in-place 1" in text
+    assert "| timm | 3 | 1 | 1 | 1 | 0 | 2/2 |" in text and "in-place 1" in text
+    assert "route `add_attention`: timm 1/1" in text and "| timm | resnet | 1/1 |" in text
 
 
 @pytest.mark.slow  # 20 models, some at 224 px: minutes

@@ -56,12 +56,13 @@ def run(args: argparse.Namespace) -> int:
     shape = (1, 3, args.image_size, args.image_size)
     params, macs = count_params(model), count_macs(model, shape, rules=args.rules)
     r = "" if external else f" r={cfg.model.r}"
-    m = cfg.model
-    if args.variant == "se_r":
-        r += f" cond={m.cond} cond_mode={m.cond_mode}"
-        r += f" cond_rank={m.cond_rank}" if m.cond_rank else ""
+    m, extra = cfg.model, f", n={args.num_classes}"
+    if args.variant == "se_r":  # condattn's options, where not the paper's
+        extra += "" if m.cond == "logits" else f", cond={m.cond}"
+        extra += "" if m.cond_mode == "concat" else f", cond_mode={m.cond_mode}"
+        extra += f", cond_rank={m.cond_rank}" if m.cond_rank else ""
     print(
-        f"{args.model} variant={args.variant}{r} n={args.num_classes}: params {params / 1e6:.3f}M, "
-        f"MACs {macs / 1e9:.3f}G (rules={args.rules}, input {'x'.join(map(str, shape))})"
+        f"{args.model} variant={args.variant}{r}: params {params / 1e6:.3f}M, "
+        f"MACs {macs / 1e9:.3f}G (rules={args.rules}, input {'x'.join(map(str, shape))}{extra})"
     )
     return 0

@@ -6,6 +6,7 @@ from condattn.nn.coord_attn import CondCoordAttn, CoordAttn
 from condattn.nn.eca import CondEca, Eca
 from condattn.nn.eca_extra import CondCeca
 from condattn.nn.film import CondFilm, FilmGate
+from condattn.nn.gates import ScaledSigmoid
 from condattn.nn.gather_excite import CondGatherExcite
 from condattn.nn.global_context import CondGlobalContext
 from condattn.nn.light_cbam import CondLightCbam
@@ -38,5 +39,6 @@ __all__ = [
     "CoordAttn",
     "Eca",
     "FilmGate",
+    "ScaledSigmoid",
     "SqueezeExcite",
 ]

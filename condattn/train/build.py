@@ -19,6 +19,7 @@ from condattn.losses import DeepSupervisionLoss
 from condattn.models import create_model, is_external
 from condattn.outputs import CondOutput
 from condattn.train.config import ConfigError, ModelConfig, TrainConfig
+from condattn.transform.add_attention import add_attention
 from condattn.transform.config import ConvertConfig
 from condattn.transform.convert import convert, get_config
 from condattn.transform.discovery import list_attention
@@ -172,7 +173,8 @@ def build_model(cfg: TrainConfig, *, num_classes: int) -> nn.Module:
 
     ``model.arch`` is a condattn zoo name (built with ``model.r`` and ``model.widths``),
     ``timm:NAME`` or ``torchvision:NAME`` (random weights); ``model.kwargs`` go to its
-    constructor either way.
+    constructor either way. With ``model.add_attention`` (a kind), :func:`condattn.add_attention`
+    first inserts that attention (reduction ``model.r``, at ``model.add_attention_at``).
 
     - ``se``: the plain model (its tensor output is wrapped by :func:`as_output`); for a model
       without attention this is the baseline;
@@ -195,6 +197,9 @@ def build_model(cfg: TrainConfig, *, num_classes: int) -> nn.Module:
         if m.widths:
             kwargs["widths"] = tuple(m.widths)
     net = create_model(m.arch, **kwargs)
+    if m.add_attention:  # a plain CNN: its attention first, then the variant
+        at = "auto" if m.add_attention_at == ("auto",) else list(m.add_attention_at)
+        net = add_attention(net, kind=m.add_attention, at=at, r=m.r, init=m.add_attention_init)
     if m.variant == "se":
         return net
     if m.variant == "se_r":

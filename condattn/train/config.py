@@ -118,6 +118,15 @@ class ModelConfig:
     # [model.kwargs]: further constructor options of arch (e.g. timm's drop_rate); empty = the
     # model's own defaults. num_classes comes from the data, r/widths have their own keys.
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # A plain CNN (timm:resnet50, torchvision:convnext_tiny): insert attention of this kind
+    # ("se", "eca", "cbam", "coord") with condattn.add_attention before the variant is made, so
+    # se / se_a / se_r compare on it; model.r is then its reduction ratio. "" = none.
+    add_attention: str = ""
+    # Where: "auto" (every block of every stage) or module names (blocks, stages).
+    add_attention_at: tuple[str, ...] = AUX_AT_AUTO
+    # "default": the from-scratch init; "identity": the new blocks compute the identity, so a
+    # trained plain model (init_from) keeps its function.
+    add_attention_init: str = "default"
 
     @property
     def auto_aux_at(self) -> bool:
@@ -282,6 +291,8 @@ SECTIONS: dict[str, type] = {
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("model", "variant"): VARIANTS,
     ("model", "cond_init"): INITS,
+    ("model", "add_attention"): ("", "se", "eca", "cbam", "coord"),
+    ("model", "add_attention_init"): ("default", "identity"),
     ("model", "cond"): CONDS,
     ("model", "cond_mode"): COND_MODES,
     ("system", "device"): DEVICES,
@@ -333,10 +344,12 @@ def _check_model_names(m: ModelConfig) -> None:
             sources[key] = check_model_name(getattr(m, key))
         except (ValueError, ImportError) as err:
             raise ConfigError(f"model.{key}: {err}") from None
-    if sources["arch"] != "condattn" and (m.widths or m.r != ModelConfig.r):
+    r_used = m.r == ModelConfig.r or m.add_attention  # r of the added attention
+    if sources["arch"] != "condattn" and (m.widths or not r_used):
         raise ConfigError(
-            f"model.widths and model.r configure condattn's CIFAR zoo only; for {m.arch} leave "
-            "them unset and give the model's own options in [model.kwargs]"
+            f"model.widths and model.r configure condattn's CIFAR zoo only (and r the "
+            f"attention of model.add_attention); for {m.arch} leave them unset and give the "
+            "model's own options in [model.kwargs]"
         )
     if "auto" in m.aux_at and not m.auto_aux_at:
         raise ConfigError(f'model.aux_at is "auto" or a list of module names, got {m.aux_at}')

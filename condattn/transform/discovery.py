@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from condattn.transform.add_attention import ADDED
+from condattn.transform.config import recorded
 from condattn.transform.placement import AUTO, Placement, auto_placement
 from condattn.transform.tracing import (
     Traced,
@@ -86,13 +88,16 @@ def list_attention(
     mapping: Mapping[type[nn.Module], Any] | None = None,
 ) -> dict[str, dict[str, str | None]]:
     """Swappable attention in network order: name -> ``{"kind": ..., "fed_by": head or None,
-    "route": "graph" or "in-place"}``. The route is ``"in-place"`` for attention inside a module
-    that fx keeps whole (a leaf: ``leaf_modules``, timm's not-traceable blocks), which
-    :mod:`condattn.transform.inplace` conditions without a node of its own in the graph.
+    "route": "graph" or "in-place"}``, plus ``"position"`` (``"standard"`` or ``"post"``) for
+    attention that :func:`condattn.add_attention` inserted. The route is ``"in-place"`` for
+    attention inside a module that fx keeps whole (a leaf: ``leaf_modules``, timm's
+    not-traceable blocks), which :mod:`condattn.transform.inplace` conditions without a node
+    of its own in the graph.
 
     ``fed_by`` is the ``aux_at`` entry (``"auto"`` resolves as in :func:`convert`) that would
     condition it under the default routing.
     """
+    added = recorded(model, ADDED) or {}
     t = _trace_for_listing(model, leaf_modules, concrete_args, example_input, mapping)
     order = t.order()
     if aux_at == AUTO:
@@ -106,4 +111,6 @@ def list_attention(
         before = [a for a in aux_at if order[t.outputs[a]] < order[site.node]]
         fed_by = before[-1] if before else None
         result[name] = {"kind": site.kind, "fed_by": fed_by, "route": site.route}
+        if name in added:  # inserted by add_attention: "standard" or "post"
+            result[name]["position"] = added[name].position
     return result

@@ -11,6 +11,8 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import TensorMetadata
 
+from condattn.transform.modes import mode_forward
+
 
 class ConversionError(ValueError):
     """A model cannot be converted as asked; the message says why and what to do."""
@@ -21,6 +23,8 @@ class TraceResult:
     graph: fx.Graph
     # qualified module name -> the node holding its (last) output, for every module called
     module_outputs: dict[str, fx.Node] = field(default_factory=dict)
+    # qualified module name -> the node of its (last call's) first tensor argument
+    module_inputs: dict[str, fx.Node] = field(default_factory=dict)
 
 
 class _CondTracer(fx.Tracer):
@@ -47,6 +51,7 @@ class _CondTracer(fx.Tracer):
         self.leaf_types = leaf_types
         self.leaf_names = set(leaf_names)
         self.module_outputs: dict[str, fx.Node] = {}
+        self.module_inputs: dict[str, fx.Node] = {}
         self.module_stack_names: list[tuple[str, str]] = []
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
@@ -61,6 +66,9 @@ class _CondTracer(fx.Tracer):
         self.module_stack_names.pop()
         if isinstance(out, fx.Proxy):
             self.module_outputs[name] = out.node
+            first = args[0] if args else None
+            if isinstance(first, fx.Proxy):
+                self.module_inputs[name] = first.node
         return out
 
 
@@ -91,7 +99,8 @@ def trace(
         leaf_types=leaf_types + types + timm_leaves, leaf_names=names, autowrap_functions=timm_fns
     )
     try:
-        graph = tracer.trace(model, concrete_args=concrete_args)
+        with mode_forward(model):  # a DualGraphModule: the code of its current mode
+            graph = tracer.trace(model, concrete_args=concrete_args)
     except Exception as e:
         where = (
             tracer.module_stack_names[-1]
@@ -112,7 +121,9 @@ def trace(
             f"Fix: {leaf_hint}fix data-dependent Python control flow with "
             "convert(..., concrete_args={...})."
         ) from e
-    return TraceResult(graph=graph, module_outputs=tracer.module_outputs)
+    return TraceResult(
+        graph=graph, module_outputs=tracer.module_outputs, module_inputs=tracer.module_inputs
+    )
 
 
 def parent_name(target: str) -> tuple[str, str]:

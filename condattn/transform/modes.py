@@ -23,8 +23,9 @@ as timm's ``pretrained_cfg``, and a few methods) is carried over by :func:`carry
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -32,7 +33,7 @@ from torch import fx, nn
 from torch.fx.graph_module import _format_import_block, reduce_graph_module
 from torch.package import sys_importer
 
-__all__ = ["DualGraphModule", "carry_face", "join", "map_graphs"]
+__all__ = ["DualGraphModule", "carry_face", "join", "map_graphs", "mode_forward"]
 
 
 class DualGraphModule(fx.GraphModule):
@@ -161,6 +162,23 @@ def _dispatch(self: DualGraphModule, *args: Any, **kwargs: Any) -> Any:
     if self.training:
         return self._condattn_forward_train(*args, **kwargs)
     return self._condattn_forward_eval(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def mode_forward(model: nn.Module) -> Iterator[None]:
+    """While fx traces ``model`` again (``convert`` of an :func:`condattn.add_attention`
+    output): its class's ``forward`` is the current mode's compiled code, not
+    :func:`_dispatch`, so the tracer sees that code's signature and globals. Any other model:
+    nothing changes."""
+    cls = type(model)
+    if not isinstance(model, DualGraphModule) or cls.forward is not _dispatch:
+        yield
+        return
+    cls.forward = cls._condattn_forward_train if model.training else cls._condattn_forward_eval
+    try:
+        yield
+    finally:
+        cls.forward = _dispatch
 
 
 def _rebuild(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -45,6 +45,7 @@ class Traced:
     input: fx.Node
     logits: fx.Node
     like: dict[str, Any]  # device and dtype of the model's parameters: new modules follow them
+    inputs: dict[str, fx.Node] = field(default_factory=dict)  # module name -> its input node
 
     def order(self) -> dict[fx.Node, int]:
         return {n: i for i, n in enumerate(self.gm.graph.nodes)}
@@ -152,7 +153,8 @@ def trace(
         if name and (s := node_shape(node)) is not None and len(s) == 4
     }
     attention = _collect_attention(gm, mapping, inner.sites())
-    return Traced(gm, outputs, attention, placeholders[0], logits, like(model))
+    inputs = {name: node for name, node in res.module_inputs.items() if name in outputs}
+    return Traced(gm, outputs, attention, placeholders[0], logits, like(model), inputs)
 
 
 def unknown(kind: str, name: str, valid: Sequence[str], hint: str) -> ConversionError:
