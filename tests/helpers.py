@@ -8,6 +8,7 @@ failure message, so a failing hypothesis example explains itself.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
@@ -173,7 +174,10 @@ RUN_FILES = frozenset(
         "checkpoint.pt",
         "curves.png",
         "results.json",
+        ".lock",  # the one trainer's flock (condattn.train.lock)
     }
+    # TensorBoard event files (condattn.train.tensorboard), where the package is installed
+    | ({"tensorboard"} if importlib.util.find_spec("tensorboard") else set())
 )
 
 

@@ -167,7 +167,7 @@ def test_run_table_dry_run_and_summary(tmp_path: Path) -> None:
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("condattn train") == 6  # 3 recipes x 2 seeds
+    assert proc.stdout.count(" -> ") == 6  # 3 recipes x 2 seeds (now condattn table)
     # Fake two finished seeds of one recipe and summarise them.
     for seed, acc in ((0, 80.0), (1, 81.0)):
         d = tmp_path / "se_r_resnet50_aux_stage2" / f"seed{seed}"
@@ -194,7 +194,7 @@ def test_run_table_dry_run_and_summary(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "table6.json").read_text())
-    row = next(r for r in summary["rows"] if r["recipe"] == "table6/se_r_resnet50_aux_stage2.toml")
+    row = next(r for r in summary["rows"] if r["recipe"] == "se_r_resnet50_aux_stage2")
     assert row["n"] == 2 and row["mean"] == pytest.approx(80.5)
     assert row["std"] == pytest.approx(0.7071, abs=1e-3) and row["paper"] == 80.12
     assert row["val_chosen_mean"] == pytest.approx(81.5)

@@ -50,7 +50,7 @@ def test_two_rank_gloo_matches_one_rank(tmp_path: Path) -> None:
     cwd1.mkdir()
     cwd2.mkdir()
     one, two = tmp_path / "one", tmp_path / "two"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}  # the code under test
     torchrun = [
         sys.executable,
         "-m",

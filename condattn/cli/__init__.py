@@ -13,6 +13,8 @@ Examples::
     condattn eval runs/quick/checkpoint.pt
     condattn report runs/se_resnet50 runs/se_r_resnet50 --plot cmp.png   # --overwrite replaces
     condattn compare recipes/quick.toml --variants se,se_a,se_r --seeds 0,1,2 --jobs 2
+    condattn compare recipes/quick.toml --launcher slurm --time 4:00:00 --no-wait
+    condattn table 3 --seeds 5 --launcher slurm --dry-run              # the array job
     condattn report runs/compare/quick                                # a compare directory
     condattn profile se_resnet50 --variant se_r --rules paper
     condattn analyze runs/se_resnet50/checkpoint.pt runs/se_r_resnet50/checkpoint.pt
@@ -30,7 +32,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from condattn.cli import analyze, compare, profile, recipes, report, train
+from condattn.cli import analyze, compare, profile, recipes, report, table, train
 from condattn.cli import eval as eval_
 from condattn.cli._common import UserError, check_device, console_logging
 
@@ -42,7 +44,7 @@ _Run = Callable[[argparse.Namespace], int]
 # name -> (help, add_arguments, run); add a subcommand by adding an entry.
 COMMANDS: dict[str, tuple[str, _Add, _Run]] = {
     m.__name__.rsplit(".", 1)[1]: (m.HELP, m.add_arguments, m.run)
-    for m in (train, eval_, report, compare, profile, analyze, recipes)
+    for m in (train, eval_, report, compare, table, profile, analyze, recipes)
 }
 
 

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from condattn.cli._common import DATA_HELP, UserError, add_overrides, resolve_recipe
+from condattn.cli._launch import add_launcher_arguments, launcher_from_args
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -28,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--seeds", default="0,1,2", help="comma-separated integers (default: %(default)s)"
     )
-    p.add_argument("--jobs", type=int, default=1, help="runs trained side by side (processes)")
+    add_launcher_arguments(p)  # --launcher, --jobs, --gpus-per-run, --no-wait, SLURM resources
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,15 +47,26 @@ def run(args: argparse.Namespace) -> int:
             f"{', '.join(list_recipes(own) if own else [])}"
         )
     out = args.out or str(Path("runs") / "compare" / Path(recipe).stem)
-    summary = compare(
-        recipe,
-        variants=variants,
-        seeds=seeds,
-        out_dir=out,
-        overrides=args.overrides,
-        jobs=args.jobs,
-        synthetic=args.synthetic,
-        data_root=args.data,
-    )
-    print(render_markdown(summary), end="")
+    from condattn.experiments.launchers import GridPending
+
+    launcher = launcher_from_args(args, recipe)
+    if args.dry_run and launcher.name == "local":
+        raise UserError("--dry-run prints the array job of --launcher slurm; add it")
+    try:
+        summary = compare(
+            recipe,
+            variants=variants,
+            seeds=seeds,
+            out_dir=out,
+            overrides=args.overrides,
+            jobs=args.jobs or 1,
+            synthetic=args.synthetic,
+            data_root=args.data,
+            launcher=launcher,
+        )
+    except GridPending as pending:  # --no-wait: the states; the same command collects
+        print(pending, flush=True)
+        return 0
+    if not args.dry_run:
+        print(render_markdown(summary), end="")
     return 0

@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     env = D.detect()
     check_device(cfg.system.device, flag="--set system.device")
     if env.is_main:
+        check_unlocked(run_dir)
         check_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite)
     if env.is_main and args.overwrite:
         clear_run(run_dir)
@@ -55,6 +56,20 @@ def run(args: argparse.Namespace) -> int:
     finally:
         D.cleanup()
     return 0
+
+
+def check_unlocked(run_dir: Path) -> None:
+    """Refuses a run directory that another live process is training (its lock is held), before
+    ``--overwrite`` would delete its files or ``--resume`` would train it a second time."""
+    from condattn.train.lock import RunLock, RunLockedError
+
+    if not run_dir.is_dir():
+        return
+    try:
+        with RunLock(run_dir):
+            pass
+    except RunLockedError as err:
+        raise UserError(str(err)) from None
 
 
 def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:

@@ -5,6 +5,7 @@ runs and resuming killed ones), then writes a summary that states its conditions
 
     OUT/<variant>/seed<k>/   one train() run directory per cell
     OUT/logs/                child-process output and tracebacks of failed runs
+    OUT/slurm/               the SLURM launcher's job logs and jobs.json (--launcher slurm)
     OUT/compare.json         conditions, per-variant mean/std/runs, paired differences
     OUT/compare.md           the table a paper would print, with one sentence per difference
     OUT/compare.png          test error vs epoch per variant (mean, min-max band over seeds)
@@ -76,6 +77,7 @@ def compare(
     jobs: int = 1,
     synthetic: bool = False,
     data_root: str | None = None,
+    launcher: Any = None,
 ) -> dict[str, Any]:
     """Trains (or reuses) every ``variant x seed`` run of ``recipe`` and summarises them.
 
@@ -89,6 +91,9 @@ def compare(
             threads unless ``overrides`` set ``system.threads``.
         synthetic: train on the in-memory synthetic stand-in.
         data_root: a CIFAR-100 folder or archive (default: search).
+        launcher: how the runs execute (:func:`~condattn.experiments.launchers.make_launcher`:
+            ``local``, ``slurm``); default: the local launcher with ``jobs``. Its ``threads``
+            become each run's ``system.threads``.
 
     Returns:
         The content of ``compare.json``.
@@ -96,6 +101,7 @@ def compare(
     Raises:
         CompareError: a bad grid, a run directory of another config, or failed runs.
         ConfigError: the recipe is unknown or an override is invalid.
+        GridPending: runs are still queued or running (``--no-wait``); call again to collect.
     """
     if jobs < 1:
         raise CompareError(f"--jobs must be >= 1, got {jobs}")
@@ -105,9 +111,11 @@ def compare(
         seeds=seeds,
         overrides=overrides,
         out_dir=out_dir,
-        threads=max(1, _cores() // jobs),
+        threads=getattr(launcher, "threads", 0) or max(1, _cores() // jobs),
     )
-    run_grid(runs, jobs=jobs, synthetic=synthetic, data_root=data_root)
+    run_grid(runs, jobs=jobs, synthetic=synthetic, data_root=data_root, launcher=launcher)
+    if getattr(getattr(launcher, "options", None), "dry_run", False):
+        return {}  # the launcher printed what it would submit
     summary = write_summary(
         out_dir, variants=variants, seeds=seeds, recipe=recipe, overrides=overrides
     )

@@ -1,27 +1,54 @@
-"""Child-process entry of ``compare --jobs N``: trains one grid run from a JSON spec.
+"""Child-process entry of the local launcher: trains one grid run from a JSON spec.
 
 ``python -m condattn.experiments._worker '{"config": {...}, "run_dir": ..., "resume": ...,
-"synthetic": ..., "data": ...}'``. The parent (:mod:`condattn.experiments.grid`) has already
-checked the run directory and set the thread budget in the environment; this only trains.
+"synthetic": ..., "data": ..., "parent_pid": ..., "nproc": ...}'``. The parent
+(:mod:`condattn.experiments.launchers.local`) has already checked the run directory and set the
+thread budget (and ``CUDA_VISIBLE_DEVICES``) in the environment; this only trains.
+
+A killed ``compare`` takes its children with it: the worker asks the kernel for ``SIGKILL`` when
+its parent dies (``PR_SET_PDEATHSIG``, Linux), and exits at once if the parent is already gone.
+Its run directory's lock (:mod:`condattn.train.lock`) dies with it, so the next ``compare``
+resumes the run from its last checkpoint. With ``nproc > 1`` the worker becomes ``torchrun``
+(``exec``, keeping the death signal, as ``SIGTERM``, which torchrun passes to its ranks), whose
+ranks run this module again with ``nproc = 1``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import sys
 
-from condattn.train import config_from_dict, train
-from condattn.train.build import load_data
+from condattn.experiments.launchers import train_spec
+
+
+def die_with_parent(parent_pid: int | None, sig: int = signal.SIGKILL) -> None:
+    """Gets ``sig`` when the parent process dies (Linux; elsewhere a no-op)."""
+    if parent_pid is None or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, int(sig), 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before prctl: nobody waits for us
+        os._exit(1)
 
 
 def main(argv: list[str]) -> int:
     """Trains the run described by ``argv[0]``; exits non-zero with the error as the last line."""
     (text,) = argv
     spec = json.loads(text)
-    cfg = config_from_dict(spec["config"])
-    data = load_data(cfg, root=spec["data"], synthetic=spec["synthetic"])
-    train(cfg, data=data, run_dir=spec["run_dir"], resume=spec["resume"])
+    nproc = int(spec.get("nproc", 1))
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:
+        die_with_parent(spec.get("parent_pid"), signal.SIGTERM)
+        rank_spec = json.dumps({**spec, "nproc": 1, "parent_pid": None})
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        cmd += [f"--nproc_per_node={nproc}", "-m", "condattn.experiments._worker", rank_spec]
+        os.execv(sys.executable, cmd)
+    die_with_parent(spec.get("parent_pid"))
+    train_spec(spec)
     return 0
 
 

@@ -15,6 +15,11 @@ before anything trains (the grid's words for them, :class:`~condattn.train.rundi
 - ``done``: ``results.json`` present; reuse it (a second identical call trains nothing).
 - ``resume``: ``checkpoint.pt`` but no results (killed); continue it with ``resume=True``.
 - ``restart``: started but killed before its first checkpoint; train it from scratch.
+- ``running``: a live process holds the directory's lock (:mod:`condattn.train.lock`); it is never
+  trained a second time. The local launcher waits for it, then reuses or resumes it.
+
+How the runs execute is the launcher's business (:mod:`condattn.experiments.launchers`: ``local``
+processes or a ``slurm`` array job); the grid never knows which one runs it.
 
 A run directory whose ``config.json`` differs from what the grid asks (other than in the keys
 :data:`condattn.train.rundir.MAY_DIFFER` allows for reuse) is an error that names it and the
@@ -23,14 +28,12 @@ differing keys: reusing it silently would compare something else.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import json
 import logging
 import os
 import subprocess
 import sys
-import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +41,7 @@ from typing import Any
 
 from condattn.train import TrainConfig, load_recipe
 from condattn.train.config import VARIANTS
+from condattn.train.lock import is_locked
 from condattn.train.rundir import RunState, saved_config
 from condattn.train.rundir import config_diff as _diff
 from condattn.train.rundir import run_state as _state_of
@@ -123,7 +127,8 @@ class GridRun:
 
     @property
     def label(self) -> str:
-        return f"{self.variant}/seed{self.seed}"
+        """``<variant>/seed<k>`` for a compare grid (``<recipe>/seed<k>`` for a table)."""
+        return f"{self.run_dir.parent.name}/{self.run_dir.name}"
 
 
 def plan_grid(
@@ -185,9 +190,10 @@ def config_diff(asked: dict[str, Any], saved: dict[str, Any]) -> list[str]:
     ]
 
 
-def run_state(run: GridRun) -> RunState:
+def run_state(run: GridRun) -> RunState | str:
     """The run directory's :class:`~condattn.train.rundir.RunState` (``"new"``, ``"done"``,
-    ``"resume"`` or ``"restart"``; see the module docstring).
+    ``"resume"`` or ``"restart"``), or ``"running"`` while a live process holds its lock (see
+    the module docstring).
 
     Raises:
         CompareError: the directory holds a run of another config; the message names the
@@ -197,6 +203,8 @@ def run_state(run: GridRun) -> RunState:
     state = _state_of(d)
     saved = saved_config(d) if state is not RunState.EMPTY else None
     if saved is None:
+        if is_locked(d):  # started moments ago: config.json comes next
+            return "running"
         if state in (RunState.STARTED, RunState.FINISHED):
             raise CompareError(f"{d} holds a run without config.json; move it away or delete it")
         return state
@@ -206,7 +214,7 @@ def run_state(run: GridRun) -> RunState:
             f"{d} holds a run of another config than the grid asks ({'; '.join(diffs)}); "
             "pass another --out, or delete that directory to retrain it"
         )
-    return state
+    return "running" if is_locked(d) else state
 
 
 def _saved_threads(run: GridRun) -> GridRun:
@@ -232,7 +240,7 @@ def _check_data(run: GridRun, data: Any) -> None:
 
 def log_path_for(run: GridRun) -> Path:
     """Where a run's output (child process) or traceback (failure) goes: ``OUT/logs/``."""
-    return run.run_dir.parents[1] / "logs" / f"{run.variant}-seed{run.seed}.log"
+    return run.run_dir.parents[1] / "logs" / f"{run.run_dir.parent.name}-{run.run_dir.name}.log"
 
 
 def _last_line(path: Path) -> str:
@@ -261,12 +269,25 @@ def _train_in_process(run: GridRun, *, resume: bool, data: Any, log_path: Path) 
 
 
 def _train_in_child(
-    run: GridRun, *, resume: bool, synthetic: bool, data_root: str | None, log_path: Path
+    run: GridRun,
+    *,
+    resume: bool,
+    synthetic: bool,
+    data_root: str | None,
+    log_path: Path,
+    env_extra: dict[str, str] | None = None,
+    nproc: int = 1,
 ) -> str:
-    """Trains one run in a child process with its own thread budget; returns '' or the failure."""
+    """Trains one run in a child process with its own thread budget; returns '' or the failure.
+
+    ``env_extra`` (e.g. ``CUDA_VISIBLE_DEVICES``) goes into the child's environment; ``nproc > 1``
+    runs it as that many DDP processes (torchrun). The child dies with this process
+    (:mod:`condattn.experiments._worker`).
+    """
     threads = str(run.cfg.system.threads or 1)
     env = {
         **os.environ,
+        **(env_extra or {}),
         "OMP_NUM_THREADS": threads,
         "MKL_NUM_THREADS": threads,
         # Idle OpenMP threads sleep instead of spinning on cores the other jobs need.
@@ -278,6 +299,8 @@ def _train_in_child(
         "resume": resume,
         "synthetic": synthetic,
         "data": data_root,
+        "parent_pid": os.getpid(),
+        "nproc": nproc,
     }
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as f:
@@ -299,71 +322,53 @@ def run_grid(
     jobs: int = 1,
     synthetic: bool = False,
     data_root: str | None = None,
-) -> dict[str, RunState]:
+    launcher: Any = None,
+) -> dict[str, RunState | str]:
     """Trains what the grid still lacks; returns each run's state before this call.
 
     Args:
         runs: from :func:`plan_grid`.
-        jobs: runs trained side by side, each in its own process (1: one after another, here).
+        jobs: runs trained side by side, each in its own process (1: one after another, here);
+            used when ``launcher`` is None.
         synthetic: train on the synthetic stand-in (``train --synthetic``).
         data_root: a CIFAR-100 folder or archive (``train --data``).
+        launcher: how the runs execute (:mod:`condattn.experiments.launchers`); default
+            ``LocalLauncher(jobs=jobs)``.
 
-    Progress lines go to the ``condattn.experiments.grid`` logger (INFO).
+    Progress lines go to the ``condattn.experiments`` loggers (INFO).
 
     Raises:
         CompareError: a run directory does not match the grid, or runs failed (one line each).
+        GridPending: runs are still queued or running (``--no-wait``, or another process's);
+            the message gives each run's state.
     """
+    from condattn.experiments.launchers import GridPending, LocalLauncher
     from condattn.train.build import load_data
 
     if jobs < 1:
         raise CompareError(f"--jobs must be >= 1, got {jobs}")
+    launcher = launcher if launcher is not None else LocalLauncher(jobs=jobs)
     states = {run.label: run_state(run) for run in runs}  # every check before any training
     data = load_data(runs[0].cfg, root=data_root, synthetic=synthetic)
     for run in runs:
         if states[run.label] is RunState.FINISHED:
             _check_data(run, data)
     todo = [r for r in runs if states[r.label] is not RunState.FINISHED]
-    counts = {s.value: sum(v is s for v in states.values()) for s in RunState}
+    counts = {s: sum(v == s for v in states.values()) for s in ("done", "resume", "restart")}
+    counts.update({s: sum(v == s for v in states.values()) for s in ("new", "running")})
     logger.info(
         f"compare: {len(runs)} runs: {counts['done']} done (reused), {counts['resume']} to "
-        f"resume, {counts['restart'] + counts['new']} to train; data: {data.source}"
+        f"resume, {counts['restart'] + counts['new']} to train"
+        + (f", {counts['running']} running elsewhere (locked)" if counts["running"] else "")
+        + f"; data: {data.source}; launcher: {launcher.name}"
     )
     todo = [_saved_threads(r) if states[r.label] is RunState.STARTED else r for r in todo]
-    failures = _execute(
-        todo, states=states, jobs=jobs, synthetic=synthetic, data_root=data_root, data=data
+    statuses = launcher.launch(
+        todo, states=states, synthetic=synthetic, data_root=data_root, data=data
     )
+    failures = [s.detail for s in statuses.values() if s.state == "failed"]
+    if any(s.state in ("queued", "running") for s in statuses.values()):
+        raise GridPending(statuses)
     if failures:
         raise CompareError(f"{len(failures)} of {len(todo)} run(s) failed:\n" + "\n".join(failures))
     return states
-
-
-def _execute(todo, *, states, jobs, synthetic, data_root, data) -> list[str]:
-    """Runs ``todo`` one by one here (jobs=1) or in ``jobs`` child processes; the failures."""
-    failures: list[str] = []
-
-    def one(i: int, run: GridRun) -> None:
-        resume = states[run.label] is RunState.STARTED
-        what = "resume" if resume else "train"
-        logger.info(f"[{i}/{len(todo)}] {what} {run.label} -> {run.run_dir}")
-        log_path = log_path_for(run)
-        t0 = time.perf_counter()
-        if jobs == 1:
-            err = _train_in_process(run, resume=resume, data=data, log_path=log_path)
-        else:
-            err = _train_in_child(
-                run, resume=resume, synthetic=synthetic, data_root=data_root, log_path=log_path
-            )
-        if err:
-            failures.append(err)
-            logger.info(err)
-        else:
-            took = time.perf_counter() - t0
-            logger.info(f"[{i}/{len(todo)}] {run.label} finished in {took:.0f} s")
-
-    if jobs == 1:
-        for i, run in enumerate(todo, 1):
-            one(i, run)
-        return failures
-    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-        list(pool.map(one, range(1, len(todo) + 1), todo))
-    return failures

@@ -7,6 +7,7 @@ Run directory (written by rank 0 only)::
                                (precision, channels_last, compile, threads: why each) per start
     metrics.jsonl              one line per epoch (losses, lr, train/test top-1/top-5, timings;
                                val top-1/top-5 with a val split)
+    tensorboard/, .lock        TensorBoard events per epoch; the one trainer's flock (train.lock)
     checkpoint.pt              written atomically after every epoch; ``resume=True`` continues it;
                                once finished, without the optimizer state (system.keep_optimizer)
     curves.png                 train and test top-1 error vs epoch (paper Figs. 3-5)
@@ -73,6 +74,7 @@ from condattn.train.checkpoint import (
 )
 from condattn.train.config import TrainConfig, check_schedule, milestone_epochs
 from condattn.train.governor import ThreadGovernor
+from condattn.train.lock import RunLock
 from condattn.train.metrics import MetricSums, append_jsonl, write_json
 from condattn.train.preflight import conversion_record, start_lines
 from condattn.train.progress import Heartbeat, epoch_message, show_progress
@@ -86,6 +88,7 @@ from condattn.train.rundir import (
 from condattn.train.schedule import PaperSchedule, make_scheduler
 from condattn.train.speed import SpeedPlan, decide, detect
 from condattn.train.speed import global_torch_state as _global_torch_state
+from condattn.train.tensorboard import EpochWriter
 
 __all__ = ["TIMING_FIELDS", "evaluate", "speed_plan", "train"]
 
@@ -155,6 +158,7 @@ def train(
     data: CifarData,
     run_dir: str | os.PathLike[str],
     resume: bool = False,
+    lock_wait_s: float = 0.0,
 ) -> dict[str, Any]:
     """Trains ``cfg`` on ``data`` and evaluates every epoch; returns the results dict.
 
@@ -163,6 +167,7 @@ def train(
         data: train and test splits (uint8 images).
         run_dir: where rank 0 writes the run directory (see the module docstring).
         resume: continue from ``run_dir/checkpoint.pt`` (the config must match).
+        lock_wait_s: seconds rank 0 waits for another trainer's lock (:mod:`.lock`).
 
     Rank 0 logs its one-line-per-epoch summaries to the ``condattn.train.loop`` logger (INFO).
 
@@ -175,7 +180,8 @@ def train(
     env = D.setup(device)
     steps = cfg.optim.epochs * (int(data.train_images.shape[0]) // cfg.optim.batch_size)
     plan = speed_plan(cfg, device, steps=steps)
-    with _global_torch_state(cfg, device, plan):
+    owner = RunLock(run_dir, wait_s=lock_wait_s) if env.is_main else contextlib.nullcontext()
+    with owner, _global_torch_state(cfg, device, plan):
         state = load_checkpoint(run_dir / CHECKPOINT_NAME) if resume else None
         if state is not None:
             _check_resumable(cfg, state["config"])  # before building anything: fail fast
@@ -213,6 +219,7 @@ class _Run:
     governor: ThreadGovernor | None = None
     start_epoch: int = 0  # the internal (0-based) index of the first epoch to run = epochs done
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    tb: EpochWriter | None = None  # rank 0's TensorBoard event files
 
     @property
     def num_aux(self) -> int:
@@ -315,7 +322,7 @@ def _fit(run: _Run, *, data: CifarData) -> dict[str, Any]:
     cfg, env = run.cfg, run.env
     net, eval_net = _nets(run)
     params = count_params(run.core)
-    log = logger.info if env.is_main else _quiet
+    log = logger.info if env.is_main else (lambda msg: None)  # ranks > 0 say nothing
     log(
         f"model {cfg.model.arch} variant={cfg.model.variant} params={params / 1e6:.3f}M "
         f"device={run.device} world_size={env.world_size} run_dir={run.run_dir}"
@@ -461,6 +468,8 @@ def _record(run: _Run, row: dict[str, Any]) -> None:
     if not run.env.is_main:
         return
     append_jsonl(run.run_dir / "metrics.jsonl", row)
+    run.tb = run.tb or EpochWriter(run.run_dir)
+    run.tb.log_epoch(row, last=row["epoch"] == run.cfg.optim.epochs)  # closes after the last
     _plot(run.run_dir, run.history, run.cfg)
     _checkpoint(run, row["epoch"])
 
@@ -479,10 +488,6 @@ def _checkpoint(run: _Run, epoch: int, *, optimizer: bool = True) -> None:
     if optimizer:
         state["optimizer"] = run.optimizer.state_dict()
     save_checkpoint(run.run_dir / CHECKPOINT_NAME, state)
-
-
-def _quiet(msg: str) -> None:
-    """Where the lines of ranks other than 0 go."""
 
 
 def _plot(run_dir: Path, history: list[dict[str, Any]], cfg: TrainConfig) -> None:

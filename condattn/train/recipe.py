@@ -271,6 +271,7 @@ def load_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
         hint = f"; recipes in {root}: {', '.join(valid)}" if valid else ""
         raise ConfigError(f"unknown recipe {str(path)!r}: no such file{hint}")
     d = _read_toml(p)
+    d.pop("launcher", None)  # how to run, not what: condattn.experiments.launchers reads it
     d.setdefault("name", p.stem)
     cfg = config_from_dict(apply_overrides(d, overrides))
     check_schedule(cfg.optim)  # a recipe to train: its lr steps must fall inside the run
