@@ -37,6 +37,7 @@ epoch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
