@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -104,9 +105,7 @@ def test_a_finished_run_keeps_no_optimizer_state(finished, tmp_path, capsys) -> 
 def test_keep_optimizer_and_extending_a_finished_run(finished, tmp_path) -> None:
     run, _ = finished
     copy = tmp_path / "copy"
-    copy.mkdir()
-    for f in run.iterdir():
-        (copy / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(run, copy)  # files and the tensorboard/ folder
     lines: list[str] = []
     data = synthetic_cifar100(n_train=128, n_test=32)
     cfg = _cfg(model={"aux_at": "auto"}, optim={"epochs": 3}, system={"keep_optimizer": True})
