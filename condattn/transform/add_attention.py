@@ -3,8 +3,9 @@
 The pass, like :func:`condattn.convert` (one named function per step):
 
 1. :func:`_check` the options (``kind``, ``at``, ``r``, ``init``), naming the valid choices;
-2. deep-copy the model (the caller's is never changed) and :func:`_trace_modes`: trace it in
-   train mode and in eval mode (fx freezes ``self.training``), as ``convert`` does;
+2. deep-copy the model (the caller's is never changed) and trace it in train mode and in eval
+   mode (:func:`~condattn.transform.tracing.trace_modes`; fx freezes ``self.training``), as
+   ``convert`` does;
 3. :func:`~condattn.transform.blocks.find_blocks`: the blocks of every stage, and
    :func:`_select` those that ``at`` names;
 4. :func:`_plan`: the position of each block's attention, ``"standard"`` (on the residual
@@ -36,8 +37,8 @@ from condattn.nn import Cbam, CoordAttn, Eca, ScaledSigmoid, SqueezeExcite
 from condattn.transform.blocks import POST, STANDARD, Block, Site, find_blocks, locate
 from condattn.transform.config import record, recorded
 from condattn.transform.fxutils import ConversionError, node_shape
-from condattn.transform.modes import DualGraphModule, _has, carry_face, join
-from condattn.transform.tracing import Traced, check_mapping, default_example, trace, unknown
+from condattn.transform.modes import DualGraphModule, _has, finish
+from condattn.transform.tracing import Traced, check_mapping, default_example, trace_modes, unknown
 
 __all__ = ["ADDED", "INITS", "KINDS", "Added", "add_attention", "build_attention", "get_added"]
 
@@ -113,19 +114,6 @@ def build_attention(kind: str, channels: int, *, r: int = 16, init: str = "ident
 
 
 # --- steps 2-4: trace, find the blocks, plan the positions --------------------------------------
-
-
-def _trace_modes(model: nn.Module, example: torch.Tensor, leaf_modules, concrete_args):
-    mapping = check_mapping(None)
-    was_training = model.training
-    traces: dict[bool, Traced] = {}
-    try:
-        for mode in (True, False):
-            model.train(mode)
-            traces[mode] = trace(model, mapping, leaf_modules, concrete_args, example)
-    finally:
-        model.train(was_training)
-    return traces
 
 
 def _select(blocks: list[Block], names: list[str] | None, t: Traced) -> list[Block]:
@@ -262,15 +250,11 @@ def add_attention(
     training = model.training
     source = copy.deepcopy(model)
     example = example_input if example_input is not None else default_example(source)
-    traces = _trace_modes(source, example, leaf_modules, concrete_args)
+    traces = trace_modes(source, check_mapping(None), leaf_modules, concrete_args, example)
     blocks = _select(find_blocks(traces[True], source), names, traces[True])
     plans = _plan(traces, blocks)
     added = _insert_all(traces, plans, blocks, kind=kind, r=r, init=init)
-    for t in traces.values():
-        t.gm.graph.lint()
-    gm = join(traces[True].gm, traces[False].gm, class_name=type(model).__name__)
-    gm.train(training)
-    carry_face(gm, source)
+    gm = finish(traces[True].gm, traces[False].gm, source=source, training=training)
     record(gm, ADDED, added)
     return gm
 

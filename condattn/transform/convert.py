@@ -55,7 +55,7 @@ from condattn.transform.fxutils import ConversionError, node_shape, replace_subm
 from condattn.transform.inplace import INPLACE
 from condattn.transform.inplace import swap as inplace_swap
 from condattn.transform.mappings import cond_types
-from condattn.transform.modes import DualGraphModule, carry_face, join
+from condattn.transform.modes import DualGraphModule, finish
 from condattn.transform.placement import AUTO, Placement, auto_placement
 from condattn.transform.routing import Head, route
 from condattn.transform.tracing import (
@@ -64,7 +64,7 @@ from condattn.transform.tracing import (
     check_mapping,
     default_example,
     like,
-    trace,
+    trace_modes,
     unknown,
 )
 
@@ -143,14 +143,7 @@ def _trace_modes(
     Both must expose the same stages and attention: the heads and twins built for one graph
     are wired into the other.
     """
-    was_training = model.training
-    traces = {}
-    try:
-        for mode in (True, False):
-            model.train(mode)
-            traces[mode] = trace(model, mapping, cfg.leaf_modules, concrete_args, example)
-    finally:
-        model.train(was_training)
+    traces = trace_modes(model, mapping, cfg.leaf_modules, concrete_args, example)
     t, e = traces[True], traces[False]
     for what, a, b in (("attention", t.attention, e.attention), ("stages", t.outputs, e.outputs)):
         if list(a) != list(b):
@@ -379,11 +372,7 @@ def _finish(
     config: ConvertConfig,
     swaps: dict[str, Swap],
 ) -> DualGraphModule:
-    for t in traces.values():
-        t.gm.graph.lint()
-    gm = join(traces[True].gm, traces[False].gm, class_name=type(source).__name__)
-    gm.train(training)
-    carry_face(gm, source)
+    gm = finish(traces[True].gm, traces[False].gm, source=source, training=training)
     record(gm, CONFIG, config)
     record(gm, SWAPS, swaps)
     return gm

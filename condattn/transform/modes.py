@@ -254,6 +254,19 @@ def map_graphs(
     return res
 
 
+def finish(
+    train: fx.GraphModule, evl: fx.GraphModule, *, source: nn.Module, training: bool
+) -> DualGraphModule:
+    """The last step of a pass over both modes: lint both graphs, :func:`join` them, set the
+    source's mode and carry its public face (:func:`carry_face`)."""
+    for gm in (train, evl):
+        gm.graph.lint()
+    res = join(train, evl, class_name=type(source).__name__)
+    res.train(training)
+    carry_face(res, source)
+    return res
+
+
 def join(train: fx.GraphModule, evl: fx.GraphModule, class_name: str) -> DualGraphModule:
     """Join the two converted graph modules of one model (their submodules are shared); one
     graph serves both modes where their code is the same."""

@@ -171,3 +171,25 @@ def stages_with_attention(t: Traced) -> dict[str, list[str]]:
         name: [a for a, site in t.attention.items() if order[site.node] > order[node]]
         for name, node in t.outputs.items()
     }
+
+
+def trace_modes(
+    model: nn.Module,
+    mapping: Mapping[type[nn.Module], Any],
+    leaf_modules: Sequence[str | type[nn.Module]],
+    concrete_args: dict[str, Any] | None,
+    example: torch.Tensor,
+) -> dict[bool, Traced]:
+    """:func:`trace` of ``model`` in train mode (key True) and in eval mode (False), over the
+    same modules; ``model``'s mode is restored. fx freezes ``self.training`` into a graph, so a
+    pass that must follow ``.train()``/``.eval()`` edits both (:mod:`condattn.transform.modes`).
+    """
+    was_training = model.training
+    traces: dict[bool, Traced] = {}
+    try:
+        for mode in (True, False):
+            model.train(mode)
+            traces[mode] = trace(model, mapping, leaf_modules, concrete_args, example)
+    finally:
+        model.train(was_training)
+    return traces
