@@ -106,3 +106,15 @@ def test_full_disk_during_training_is_one_line(tmp_path, monkeypatch, capsys) ->
     assert err.count("\n") == 0, err
     assert err.startswith(f"condattn train: error: no space left in {tmp_path / 'run'}")
     assert "MB" in err and "--resume" in err
+
+
+def test_a_closed_pipe_is_not_an_error() -> None:
+    """``condattn recipes | head -1``: the reader leaves early; no traceback, exit status 0."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = f"{sys.executable} -m condattn.cli recipes | head -1"
+    res = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr and "BrokenPipe" not in res.stderr
+    assert res.stdout.count("\n") == 1

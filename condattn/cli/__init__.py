@@ -29,6 +29,7 @@ Every mistake (a bad file, flag, recipe value or environment) ends in one line o
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -72,6 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with console_logging():
             return COMMANDS[args.command][2](args)
+    except BrokenPipeError:  # `condattn recipes | head`: the reader left; not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush is quiet
+        return 0
     except (UserError, ConfigError, CifarDataError, ValueError, FileNotFoundError) as err:
         # ValueError covers the library's own argument checks (e.g. ConversionError), whose
         # messages name the valid choices.
