@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import platform
 import socket
@@ -25,6 +26,7 @@ __all__ = [
     "cpu_name",
     "derive_seed",
     "git_sha",
+    "logging_to",
     "package_version",
     "provenance",
 ]
@@ -170,3 +172,18 @@ def provenance(device: Any = "cpu", **extra: Any) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         **extra,
     }
+
+
+@contextlib.contextmanager
+def logging_to(handler: logging.Handler) -> Iterator[None]:
+    """Sends the ``condattn`` loggers' INFO+ lines to ``handler`` inside the block (the console
+    of a command, or a test's collector), then restores the logger."""
+    root = logging.getLogger("condattn")
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from condattn._io import logging_to
+
 __all__ = [
     "assert_all_params_have_grad",
     "assert_close",
@@ -190,12 +192,5 @@ def condattn_log(on_line: Callable[[str], None]) -> Iterator[None]:
         def emit(self, record: logging.LogRecord) -> None:
             on_line(record.getMessage())  # an exception propagates: no handleError here
 
-    root, handler = logging.getLogger("condattn"), _Handler()
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    try:
+    with logging_to(_Handler()):
         yield
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(level)

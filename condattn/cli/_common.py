@@ -10,6 +10,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from condattn._io import logging_to
+
 __all__ = [
     "DATA_HELP",
     "UserError",
@@ -95,13 +97,7 @@ class _Console(logging.Handler):
 @contextlib.contextmanager
 def console_logging() -> Iterator[None]:
     """Shows the ``condattn`` loggers' INFO lines on the console while a command runs."""
-    root = logging.getLogger("condattn")
-    handler, level = _Console(), root.level
+    handler = _Console()
     handler.setFormatter(logging.Formatter("%(message)s"))
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    try:
+    with logging_to(handler):
         yield
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(level)
