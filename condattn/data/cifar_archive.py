@@ -15,13 +15,14 @@ import tarfile
 import tempfile
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from condattn.data._cache import removing_new_dirs
 from condattn.data.container import DataError
 
-if TYPE_CHECKING:
-    from condattn.data.cifar import CifarSpec
+# ``spec`` below is a condattn.data.cifar.CifarSpec (its folder, files, archive name, md5, ...);
+# typed as Any so that this module does not import the one that imports it.
+CifarSpec = Any
 
 __all__ = ["REFETCH", "cached_extraction", "complete", "extract_archive"]
 
