@@ -194,3 +194,20 @@ def condattn_log(on_line: Callable[[str], None]) -> Iterator[None]:
 
     with logging_to(_Handler()):
         yield
+
+
+#: A tiny, deterministic grid run (synthetic data, one thread) for the launcher and SLURM tests.
+TINY_GRID = [
+    "model.widths=[8,16,16,32]",
+    "data.synthetic_train=256",
+    "data.synthetic_test=64",
+    "optim.batch_size=64",
+    "optim.milestones=[]",
+    "system.threads=1",
+    "system.deterministic=true",
+]
+
+
+def set_args(items: list[str]) -> list[str]:
+    """``["a=1", "b=2"]`` -> ``["--set", "a=1", "--set", "b=2"]`` (a command's overrides)."""
+    return [a for item in items for a in ("--set", item)]

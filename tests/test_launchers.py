@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import TINY_GRID, set_args
 
 from condattn.cli import main
 from condattn.experiments.launchers import LocalLauncher, plan_slots
@@ -20,19 +21,10 @@ from condattn.train.lock import RunLock, RunLockedError, holder, is_locked
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = str(REPO / "recipes" / "quick.toml")
-TINY = [
-    "model.widths=[8,16,16,32]",
-    "data.synthetic_train=256",
-    "data.synthetic_test=64",
-    "optim.batch_size=64",
-    "optim.milestones=[]",
-    "system.threads=1",
-    "system.deterministic=true",
-]
+TINY = TINY_GRID
 
 
-def _sets(items: list[str]) -> list[str]:
-    return [a for item in items for a in ("--set", item)]
+_sets = set_args
 
 
 def _env() -> dict[str, str]:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import TINY_GRID
 
 from condattn.experiments import CompareError, compare
 from condattn.experiments.launchers import GridPending, LocalLauncher, make_launcher
@@ -22,15 +23,7 @@ from condattn.train.loop import TIMING_FIELDS
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = str(REPO / "recipes" / "quick.toml")
-TINY = [
-    "model.widths=[8,16,16,32]",
-    "data.synthetic_train=256",
-    "data.synthetic_test=64",
-    "optim.batch_size=64",
-    "optim.milestones=[]",
-    "system.threads=1",
-    "system.deterministic=true",
-]
+TINY = TINY_GRID
 
 
 def _cluster_reason() -> str:
