@@ -161,6 +161,38 @@ def _check_tensorboard(run_dir: Path, *, epochs: int) -> None:
     assert steps == [(r["epoch"], pytest.approx(r["test_top1"])) for r in rows][:epochs]
 
 
+# --- dry runs ----------------------------------------------------------------------------------
+
+
+def test_local_compare_dry_run_shows_each_runs_state_and_trains_nothing(
+    tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "o"
+    argv = ["compare", QUICK, "--synthetic", "--variants", "se,se_r", "--seeds", "0,1"]
+    argv += ["--out", str(out), "--dry-run", *_sets(TINY)]
+    # a finished run of this grid is reused: fake one from the asked config
+    from condattn.experiments.grid import plan_grid
+
+    done = plan_grid(QUICK, variants=["se"], seeds=[1], overrides=TINY, out_dir=out, threads=1)[0]
+    done.run_dir.mkdir(parents=True)
+    (done.run_dir / "config.json").write_text(json.dumps(done.cfg.to_dict()))
+    (done.run_dir / "results.json").write_text("{}")
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (
+        "dry run: 4 run(s) under the local launcher: 1 done (reused), 0 to resume, 3 to train"
+    )
+    assert sorted(line.split()[0] for line in lines[1:]) == ["reuse", "train", "train", "train"]
+    assert f"  reuse   se/seed1 -> {done.run_dir}" in lines
+    assert sorted(p.name for p in out.iterdir()) == ["se"]  # nothing trained or created
+    # a directory of another config is refused by the dry run as by the real one
+    cfg = json.loads((done.run_dir / "config.json").read_text())
+    cfg["optim"]["lr"] = 0.5
+    (done.run_dir / "config.json").write_text(json.dumps(cfg))
+    assert main(argv) == 2
+    assert "holds a run of another config than the grid asks (optim.lr" in capsys.readouterr().err
+
+
 # --- SLURM dry run (no cluster needed) --------------------------------------------------------
 
 

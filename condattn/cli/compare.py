@@ -50,8 +50,6 @@ def run(args: argparse.Namespace) -> int:
     from condattn.experiments.launchers import GridPending
 
     launcher = launcher_from_args(args, recipe)
-    if args.dry_run and launcher.name == "local":
-        raise UserError("--dry-run prints the array job of --launcher slurm; add it")
     try:
         summary = compare(
             recipe,
@@ -63,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
             synthetic=args.synthetic,
             data_root=args.data,
             launcher=launcher,
+            dry_run=args.dry_run,
         )
     except GridPending as pending:  # --no-wait: the states; the same command collects
         print(pending, flush=True)

@@ -27,6 +27,7 @@ from condattn.experiments.grid import (
     parse_seeds,
     parse_variants,
     plan_grid,
+    plan_lines,
     run_grid,
 )
 from condattn.experiments.stats import describe, paired_difference
@@ -78,6 +79,7 @@ def compare(
     synthetic: bool = False,
     data_root: str | None = None,
     launcher: Any = None,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
     """Trains (or reuses) every ``variant x seed`` run of ``recipe`` and summarises them.
 
@@ -94,9 +96,11 @@ def compare(
         launcher: how the runs execute (:func:`~condattn.experiments.launchers.make_launcher`:
             ``local``, ``slurm``); default: the local launcher with ``jobs``. Its ``threads``
             become each run's ``system.threads``.
+        dry_run: print what would run (each run's state: reuse, resume or train) and stop;
+            a SLURM launcher's own dry run prints its array job instead.
 
     Returns:
-        The content of ``compare.json``.
+        The content of ``compare.json`` (empty for a dry run).
 
     Raises:
         CompareError: a bad grid, a run directory of another config, or failed runs.
@@ -113,6 +117,10 @@ def compare(
         out_dir=out_dir,
         threads=getattr(launcher, "threads", 0) or max(1, _cores() // jobs),
     )
+    if dry_run and not getattr(getattr(launcher, "options", None), "dry_run", False):
+        name = getattr(launcher, "name", "local")
+        print("\n".join(plan_lines(runs, name)), flush=True)
+        return {}
     run_grid(runs, jobs=jobs, synthetic=synthetic, data_root=data_root, launcher=launcher)
     if getattr(getattr(launcher, "options", None), "dry_run", False):
         return {}  # the launcher printed what it would submit

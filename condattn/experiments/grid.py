@@ -55,6 +55,7 @@ __all__ = [
     "parse_seeds",
     "parse_variants",
     "plan_grid",
+    "plan_lines",
     "run_dir_for",
     "run_grid",
     "run_state",
@@ -215,6 +216,23 @@ def run_state(run: GridRun) -> RunState | str:
             "pass another --out, or delete that directory to retrain it"
         )
     return "running" if is_locked(d) else state
+
+
+def plan_lines(runs: Sequence[GridRun], launcher: str) -> list[str]:
+    """What :func:`run_grid` would do with ``runs``, doing nothing (``--dry-run`` under a
+    launcher that has no job script to show): a count line, then each run's state, label and
+    directory. A directory of another config is refused here as it would be there."""
+    states = {run.label: run_state(run) for run in runs}
+    count = lambda *names: sum(str(v) in names for v in states.values())  # noqa: E731
+    head = (
+        f"dry run: {len(runs)} run(s) under the {launcher} launcher: {count('done')} done "
+        f"(reused), {count('resume')} to resume, {count('new', 'restart')} to train"
+        + (f", {count('running')} running elsewhere (locked)" if count("running") else "")
+    )
+    words = {"done": "reuse", "resume": "resume", "running": "running"}
+    return [head] + [
+        f"  {words.get(str(states[r.label]), 'train'):<8}{r.label} -> {r.run_dir}" for r in runs
+    ]
 
 
 def _saved_threads(run: GridRun) -> GridRun:

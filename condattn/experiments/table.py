@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from condattn.experiments.grid import CompareError, GridRun, run_grid
+from condattn.experiments.grid import CompareError, GridRun, plan_lines, run_grid
 from condattn.train.recipe import list_recipes, load_recipe
 
 __all__ = ["plan_table", "run_table", "summarize_table", "table_recipes"]
@@ -97,9 +97,7 @@ def run_table(
         launcher.launch(runs, states={}, synthetic=synthetic, data_root=data_root, data=None)
         return None
     if dry_run:
-        print(f"dry run: {len(runs)} run(s) under the {launcher.name} launcher:")
-        for r in runs:
-            print(f"  {r.label} -> {r.run_dir}", flush=True)
+        print("\n".join(plan_lines(runs, launcher.name)), flush=True)
         return None
     run_grid(runs, synthetic=synthetic, data_root=data_root, launcher=launcher)
     return summarize_table(table, runs, seeds=seeds, overrides=overrides, out_dir=out_dir)

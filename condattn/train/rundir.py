@@ -125,9 +125,29 @@ def config_diff(
             continue
         for key, value in values.items():
             have = saved.get(section, {}).get(key, defaults.get(section, {}).get(key))
-            if f"{section}.{key}" not in allowed and have != value:
-                diffs.append((f"{section}.{key}", have, value))
+            if f"{section}.{key}" == "optim.milestones":
+                if _same_steps(saved.get("optim", {}), values, defaults["optim"]):
+                    continue
+            elif f"{section}.{key}" in allowed or have == value:
+                continue
+            diffs.append((f"{section}.{key}", have, value))
     return diffs
+
+
+def _same_steps(saved: dict[str, Any], asked: dict[str, Any], default: dict[str, Any]) -> bool:
+    """Whether two ``[optim]`` tables decay the lr after the same epochs: milestones given as
+    fractions of the run (``[0.3, 0.6, 0.8]`` of 15) and as the epochs they resolve to
+    (``[5, 9, 12]``) describe one schedule. Each side resolves with its own ``optim.epochs``, so
+    extending a run whose steps are fractions moves them, and that is a real difference."""
+    from types import SimpleNamespace
+
+    from condattn.train.config import milestone_epochs
+
+    def steps(o: dict[str, Any]) -> tuple[int, ...]:
+        get = lambda k: o.get(k, default[k])  # noqa: E731
+        return milestone_epochs(SimpleNamespace(milestones=get("milestones"), epochs=get("epochs")))
+
+    return steps(saved) == steps(asked)
 
 
 def clear_run(run_dir: str | Path) -> None:
