@@ -227,6 +227,23 @@ def test_grid_writes_runs_and_a_summary(grid_dir: Path) -> None:
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_runs_from_other_machines_are_named_with_their_device(grid_copy: Path, capsys) -> None:
+    here = json.loads((grid_copy / "compare.json").read_text())["conditions"]["device_name"]
+    # se_a seed 1 was trained elsewhere (a reused run from another machine)
+    env_path = grid_copy / "se_a" / "seed1" / "environment.json"
+    env = json.loads(env_path.read_text())
+    env["starts"][-1]["device_name"] = "Other CPU"
+    env_path.write_text(json.dumps(env))
+    assert main(["report", str(grid_copy)]) == 0
+    c = json.loads((grid_copy / "compare.json").read_text())["conditions"]
+    assert c["devices"] == {
+        here: {"se": [0, 1], "se_a": [0], "se_r": [0, 1]},
+        "Other CPU": {"se_a": [1]},
+    }
+    md = (grid_copy / "compare.md").read_text()
+    assert f"({here}: se seed(s) 0, 1, se_a seed(s) 0, se_r seed(s) 0, 1; Other CPU: se_a " in md
+
+
 def test_second_identical_call_trains_nothing(grid_copy: Path, monkeypatch, capsys) -> None:
     before = _mtimes(grid_copy)
     calls = []

@@ -137,6 +137,17 @@ def _collect(out_dir: Path, variants: Sequence[str], seeds: Sequence[int]) -> di
     return {"runs": runs, "missing": missing}
 
 
+def _devices(collected, variants) -> dict[str, dict[str, list[int]]]:
+    """Which runs ran on which device: ``{device name: {variant: [seeds]}}``. A study may reuse
+    runs trained elsewhere (another machine, an earlier session); its conditions say so."""
+    out: dict[str, dict[str, list[int]]] = {}
+    for v in variants:
+        for r in collected["runs"][v]:
+            name = str(r["_env"].get("device_name"))
+            out.setdefault(name, {}).setdefault(v, []).append(r["seed"])
+    return out
+
+
 def _one_or_all(values: Sequence[Any]) -> Any:
     """The common value, or the sorted distinct values when the runs disagree (None if none)."""
     distinct = []
@@ -173,6 +184,7 @@ def _conditions(collected, *, variants, seeds, recipe, overrides) -> dict[str, A
         "batch_size": each(lambda r: r["_config"]["optim"]["batch_size"]),
         "device": each(lambda r: r["_env"].get("device")),
         "device_name": each(lambda r: r["_env"].get("device_name")),
+        "devices": _devices(collected, variants),
         "torch": each(lambda r: r["_env"].get("torch")),
         "threads": each(lambda r: r["_env"].get("threads")),
         "git": each(lambda r: r["_env"].get("git_sha")),
@@ -284,13 +296,24 @@ def _list(x: Any) -> str:
     return ", ".join(map(str, x)) if isinstance(x, list) else str(x)
 
 
+def _devices_text(c: Mapping[str, Any]) -> str:
+    """``AMD EPYC`` when every run used one device; else each device with its runs."""
+    devices = c.get("devices") or {}
+    if len(devices) <= 1:
+        return str(c["device_name"])
+    return "; ".join(
+        f"{name}: " + ", ".join(f"{v} seed(s) {_list(seeds)}" for v, seeds in runs.items())
+        for name, runs in devices.items()
+    )
+
+
 def _conditions_text(c: Mapping[str, Any]) -> str:
     widths = f" (widths {c['widths']})" if c["widths"] else ""
     sets = f", --set {' '.join(c['overrides'])}" if c["overrides"] else ""
     return (
         f"**Conditions.** Model {c['model']}{widths}, {c['epochs']} epoch(s), batch "
         f"{c['batch_size']}; data: {c['data_source']}, {c['num_train']} train / {c['num_test']} "
-        f"test images. Device {c['device']} ({c['device_name']}), torch {c['torch']}, "
+        f"test images. Device {c['device']} ({_devices_text(c)}), torch {c['torch']}, "
         f"{c['threads']} thread(s) per run, git {c['git']}. Seeds {_list(c['seeds'])}; recipe "
         f"{c['recipe']}{sets}."
     )
