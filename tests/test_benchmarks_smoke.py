@@ -192,3 +192,29 @@ def test_evidence_trend_against_budget(tmp_path):
         evidence.trend([short, other], name="bad", out=out)
     with pytest.raises(SystemExit, match="at least two"):
         evidence.trend([short], name="bad", out=out)
+
+
+def test_gpu_check_script_runs_end_to_end_on_cpu(tmp_path):
+    """benchmarks/gpu_check.sh (the prepared device check) on a tiny model: it trains, prints the
+    per-200-epoch extrapolation and writes the throughput table into OUT, not into the repo."""
+    import os
+    import subprocess
+
+    env = {
+        **os.environ,
+        "OUT": str(tmp_path),
+        "PYTHON": sys.executable,
+        "SETS": "model.widths=[8,8,16,16] optim.batch_size=32 system.threads=1",
+        "TRAIN": "64",
+        "TEST": "32",
+        "EPOCHS": "2",
+        "MODES": "off",
+        "THROUGHPUT_ARGS": "--widths-scale 0.125 --batch 4 --repeats 1 --warmup 1",
+    }
+    proc = subprocess.run(
+        ["bash", str(BENCH / "gpu_check.sh")], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "compile=off: " in proc.stdout and "min per 200-epoch run" in proc.stdout
+    assert (tmp_path / "compile_off" / "results.json").is_file()
+    assert (tmp_path / "throughput_a_cpu.md").is_file()
