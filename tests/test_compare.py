@@ -127,7 +127,8 @@ def test_each_difference_gets_a_plain_sentence() -> None:
     worse = _sentence({**base, "mean": -1.2, "ci95": [-2.0, -0.4]})
     assert "excludes zero: SE-R trails SE-A by 1.20 points" in worse
     unsure = _sentence({**base, "mean": 0.3, "ci95": [-0.5, 1.1]})
-    assert "includes zero: no measurable effect at this budget" in unsure
+    assert "includes zero: not measurable at this budget" in unsure
+    assert "from a 0.50-point loss to a 1.10-point gain; not evidence of no effect" in unsure
     one = paired_difference({0: 71.0}, {0: 70.0})
     lone = _sentence({"a": "se_a", "b": "se", **one})
     assert "over 1 seed(s)" in lone and "at least two" in lone and "--seeds" in lone

@@ -272,7 +272,7 @@ def _sentence(d: Mapping[str, Any]) -> str:
         return f"{head}: no seed has finished runs of both."
     mean = f"{d['mean']:+.2f} points"
     if d["ci95"] is None and d["n_pairs"] > 1 and d["mean"] == 0:
-        return f"{head}: the same top-1 for every seed: no measurable effect at this budget."
+        return f"{head}: the same top-1 for every seed: no difference in these runs."
     if d["ci95"] is None:
         return (
             f"{head}: {mean} over {d['n_pairs']} seed(s), but {d['note']}, so it cannot be told "
@@ -281,8 +281,9 @@ def _sentence(d: Mapping[str, Any]) -> str:
     lo, hi = d["ci95"]
     if lo <= 0 <= hi:
         return (
-            f"{head}: {mean}, 95% CI {_ci(d['ci95'])} includes zero: no measurable effect at "
-            "this budget."
+            f"{head}: {mean}, 95% CI {_ci(d['ci95'])} includes zero: not measurable at this "
+            f"budget (compatible with anything from a {-lo:.2f}-point loss to a {hi:.2f}-point "
+            "gain; not evidence of no effect)."
         )
     verb = "beats" if d["mean"] > 0 else "trails"
     return (
