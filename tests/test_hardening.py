@@ -274,7 +274,15 @@ def test_resume_continues_the_numbering(run, data_dir, tmp_path, capsys) -> None
         if f.is_file():
             (copy / f.name).write_bytes(f.read_bytes())
     argv = ["train", QUICK, "--data", str(data_dir), "--out", str(copy), "--resume"]
-    assert main([*argv, *_sets([*TINY, "optim.epochs=3"])]) == 0
+    # the run's lr steps are fractions ([0.5] of 2: after epoch 1); of 3 they would move to
+    # epoch 2, which the finished epochs did not follow: refused, naming the override that keeps
+    # them
+    assert main([*argv, *_sets([*TINY, "optim.epochs=3"])]) == 2
+    err = capsys.readouterr().err
+    assert "optim.milestones: checkpoint '[0.5] of 2 epochs: lr steps after epochs [1]'" in err
+    assert "!= now '[0.5] of 3 epochs: lr steps after epochs [2]'" in err
+    assert 'extend it with the lr steps it was trained with: --set "optim.milestones=[1]"' in err
+    assert main([*argv, *_sets([*TINY, "optim.epochs=3", "optim.milestones=[1]"])]) == 0
     assert re.findall(r"^epoch (\d)/3 ", capsys.readouterr().out, re.M) == ["3"]
     rows = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]

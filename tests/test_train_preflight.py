@@ -108,7 +108,9 @@ def test_keep_optimizer_and_extending_a_finished_run(finished, tmp_path) -> None
     shutil.copytree(run, copy)  # files and the tensorboard/ folder
     lines: list[str] = []
     data = synthetic_cifar100(n_train=128, n_test=32)
-    cfg = _cfg(model={"aux_at": "auto"}, optim={"epochs": 3}, system={"keep_optimizer": True})
+    # extended with the steps it was trained with ([0.5] of 2 = after epoch 1; of 3 they'd move)
+    optim = {"epochs": 3, "milestones": [1]}
+    cfg = _cfg(model={"aux_at": "auto"}, optim=optim, system={"keep_optimizer": True})
     with condattn_log(lines.append):
         loop.train(cfg, data=data, run_dir=copy, resume=True)
     assert any("momentum restarts from zero" in line for line in lines)

@@ -81,6 +81,7 @@ from condattn.train.preflight import conversion_record, start_lines
 from condattn.train.progress import Heartbeat, epoch_message, show_progress
 from condattn.train.rundir import (
     config_diff,
+    kept_steps_hint,
     may_differ,
     open_run_dir,
     results_message,
@@ -147,9 +148,12 @@ def _check_resumable(cfg: TrainConfig, saved: dict[str, Any]) -> None:
     diffs = config_diff(cfg.to_dict(), saved, purpose="resume")
     if diffs:
         listed = "; ".join(f"{key}: checkpoint {old!r} != now {new!r}" for key, old, new in diffs)
+        hint = ""
+        if any(key == "optim.milestones" for key, _, _ in diffs):
+            hint = f"; to extend it with the lr steps it was trained with: {kept_steps_hint(saved)}"
         raise ValueError(
             f"cannot resume: the config differs from the checkpoint's: {listed} (only "
-            f"{', '.join(may_differ('resume'))} may change; --overwrite starts over)"
+            f"{', '.join(may_differ('resume'))} may change; --overwrite starts over{hint})"
         )
 
 

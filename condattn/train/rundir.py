@@ -40,6 +40,7 @@ __all__ = [
     "RunState",
     "clear_run",
     "config_diff",
+    "kept_steps_hint",
     "may_differ",
     "open_run_dir",
     "results_message",
@@ -126,28 +127,41 @@ def config_diff(
         for key, value in values.items():
             have = saved.get(section, {}).get(key, defaults.get(section, {}).get(key))
             if f"{section}.{key}" == "optim.milestones":
-                if _same_steps(saved.get("optim", {}), values, defaults["optim"]):
+                old, new = (_steps(o, defaults["optim"]) for o in (saved.get("optim", {}), values))
+                if old == new:
                     continue
+                if have == value:  # the same fractions of another length: say what they give
+                    have, value = (
+                        f"{have} of {o.get('epochs', defaults['optim']['epochs'])} epochs: lr "
+                        f"steps after epochs {list(steps)}"
+                        for o, steps in ((saved.get("optim", {}), old), (values, new))
+                    )
             elif f"{section}.{key}" in allowed or have == value:
                 continue
             diffs.append((f"{section}.{key}", have, value))
     return diffs
 
 
-def _same_steps(saved: dict[str, Any], asked: dict[str, Any], default: dict[str, Any]) -> bool:
-    """Whether two ``[optim]`` tables decay the lr after the same epochs: milestones given as
-    fractions of the run (``[0.3, 0.6, 0.8]`` of 15) and as the epochs they resolve to
-    (``[5, 9, 12]``) describe one schedule. Each side resolves with its own ``optim.epochs``, so
-    extending a run whose steps are fractions moves them, and that is a real difference."""
+def _steps(optim: dict[str, Any], default: dict[str, Any]) -> tuple[int, ...]:
+    """The epochs after which an ``[optim]`` table decays the lr. Milestones given as fractions
+    of the run (``[0.3, 0.6, 0.8]`` of 15) and as the epochs they resolve to (``[5, 9, 12]``)
+    describe one schedule. Each table resolves with its own ``optim.epochs``, so extending a run
+    whose steps are fractions moves them, and that is a real difference."""
     from types import SimpleNamespace
 
     from condattn.train.config import milestone_epochs
 
-    def steps(o: dict[str, Any]) -> tuple[int, ...]:
-        get = lambda k: o.get(k, default[k])  # noqa: E731
-        return milestone_epochs(SimpleNamespace(milestones=get("milestones"), epochs=get("epochs")))
+    get = lambda k: optim.get(k, default[k])  # noqa: E731
+    return milestone_epochs(SimpleNamespace(milestones=get("milestones"), epochs=get("epochs")))
 
-    return steps(saved) == steps(asked)
+
+def kept_steps_hint(saved: dict[str, Any]) -> str:
+    """The override that extends ``saved``'s run with its own lr steps (for the refusal when a
+    run whose steps are fractions of it is resumed for more epochs)."""
+    from condattn.train.config import TrainConfig
+
+    steps = _steps(saved.get("optim", {}), TrainConfig().to_dict()["optim"])
+    return f'--set "optim.milestones=[{", ".join(map(str, steps))}]"'
 
 
 def clear_run(run_dir: str | Path) -> None:
