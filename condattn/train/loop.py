@@ -148,12 +148,10 @@ def _check_resumable(cfg: TrainConfig, saved: dict[str, Any]) -> None:
     diffs = config_diff(cfg.to_dict(), saved, purpose="resume")
     if diffs:
         listed = "; ".join(f"{key}: checkpoint {old!r} != now {new!r}" for key, old, new in diffs)
-        hint = ""
-        if any(key == "optim.milestones" for key, _, _ in diffs):
-            hint = f"; to extend it with the lr steps it was trained with: {kept_steps_hint(saved)}"
         raise ValueError(
             f"cannot resume: the config differs from the checkpoint's: {listed} (only "
-            f"{', '.join(may_differ('resume'))} may change; --overwrite starts over{hint})"
+            f"{', '.join(may_differ('resume'))} may change; --overwrite starts over"
+            f"{kept_steps_hint(saved, diffs)})"
         )
 
 

@@ -155,13 +155,18 @@ def _steps(optim: dict[str, Any], default: dict[str, Any]) -> tuple[int, ...]:
     return milestone_epochs(SimpleNamespace(milestones=get("milestones"), epochs=get("epochs")))
 
 
-def kept_steps_hint(saved: dict[str, Any]) -> str:
-    """The override that extends ``saved``'s run with its own lr steps (for the refusal when a
-    run whose steps are fractions of it is resumed for more epochs)."""
+def kept_steps_hint(saved: dict[str, Any], diffs: list[tuple[str, Any, Any]]) -> str:
+    """For a refused resume whose ``diffs`` include the lr steps (a run whose steps are fractions
+    of it, resumed for more epochs): the override that keeps ``saved``'s own steps; else ""."""
     from condattn.train.config import TrainConfig
 
+    if not any(key == "optim.milestones" for key, _, _ in diffs):
+        return ""
     steps = _steps(saved.get("optim", {}), TrainConfig().to_dict()["optim"])
-    return f'--set "optim.milestones=[{", ".join(map(str, steps))}]"'
+    return (
+        "; to extend it with the lr steps it was trained with: "
+        f'--set "optim.milestones=[{", ".join(map(str, steps))}]"'
+    )
 
 
 def clear_run(run_dir: str | Path) -> None:
