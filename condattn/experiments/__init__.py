@@ -30,6 +30,7 @@ from condattn.experiments.grid import (
     plan_lines,
     run_grid,
 )
+from condattn.experiments.launchers import prints_own_dry_run
 from condattn.experiments.stats import describe, paired_difference
 from condattn.experiments.summary import (
     find_grid,
@@ -117,12 +118,12 @@ def compare(
         out_dir=out_dir,
         threads=getattr(launcher, "threads", 0) or max(1, _cores() // jobs),
     )
-    if dry_run and not getattr(getattr(launcher, "options", None), "dry_run", False):
+    if dry_run and not prints_own_dry_run(launcher):
         name = getattr(launcher, "name", "local")
         print("\n".join(plan_lines(runs, name)), flush=True)
         return {}
     run_grid(runs, jobs=jobs, synthetic=synthetic, data_root=data_root, launcher=launcher)
-    if getattr(getattr(launcher, "options", None), "dry_run", False):
+    if prints_own_dry_run(launcher):
         return {}  # the launcher printed what it would submit
     summary = write_summary(
         out_dir, variants=variants, seeds=seeds, recipe=recipe, overrides=overrides

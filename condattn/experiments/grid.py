@@ -35,7 +35,7 @@ import os
 import subprocess
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -223,16 +223,21 @@ def plan_lines(runs: Sequence[GridRun], launcher: str) -> list[str]:
     launcher that has no job script to show): a count line, then each run's state, label and
     directory. A directory of another config is refused here as it would be there."""
     states = {run.label: run_state(run) for run in runs}
-    count = lambda *names: sum(str(v) in names for v in states.values())  # noqa: E731
-    head = (
-        f"dry run: {len(runs)} run(s) under the {launcher} launcher: {count('done')} done "
-        f"(reused), {count('resume')} to resume, {count('new', 'restart')} to train"
-        + (f", {count('running')} running elsewhere (locked)" if count("running") else "")
-    )
+    head = f"dry run: {len(runs)} run(s) under the {launcher} launcher: {_counts_text(states)}"
     words = {"done": "reuse", "resume": "resume", "running": "running"}
     return [head] + [
         f"  {words.get(str(states[r.label]), 'train'):<8}{r.label} -> {r.run_dir}" for r in runs
     ]
+
+
+def _counts_text(states: Mapping[str, RunState | str]) -> str:
+    """``3 done (reused), 0 to resume, 2 to train[, 1 running elsewhere (locked)]``."""
+    count = lambda *names: sum(str(v) in names for v in states.values())  # noqa: E731
+    return (
+        f"{count('done')} done (reused), {count('resume')} to resume, "
+        f"{count('new', 'restart')} to train"
+        + (f", {count('running')} running elsewhere (locked)" if count("running") else "")
+    )
 
 
 def _saved_threads(run: GridRun) -> GridRun:
@@ -372,13 +377,9 @@ def run_grid(
         if states[run.label] is RunState.FINISHED:
             _check_data(run, data)
     todo = [r for r in runs if states[r.label] is not RunState.FINISHED]
-    counts = {s: sum(v == s for v in states.values()) for s in ("done", "resume", "restart")}
-    counts.update({s: sum(v == s for v in states.values()) for s in ("new", "running")})
     logger.info(
-        f"compare: {len(runs)} runs: {counts['done']} done (reused), {counts['resume']} to "
-        f"resume, {counts['restart'] + counts['new']} to train"
-        + (f", {counts['running']} running elsewhere (locked)" if counts["running"] else "")
-        + f"; data: {data.source}; launcher: {launcher.name}"
+        f"compare: {len(runs)} runs: {_counts_text(states)}; data: {data.source}; "
+        f"launcher: {launcher.name}"
     )
     todo = [_saved_threads(r) if states[r.label] is RunState.STARTED else r for r in todo]
     statuses = launcher.launch(

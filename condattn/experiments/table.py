@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from condattn.experiments.grid import CompareError, GridRun, plan_lines, run_grid
+from condattn.experiments.launchers import prints_own_dry_run
 from condattn.train.recipe import list_recipes, load_recipe
 
 __all__ = ["plan_table", "run_table", "summarize_table", "table_recipes"]
@@ -93,7 +94,7 @@ def run_table(
         threads=getattr(launcher, "threads", 0),
         root=root,
     )
-    if getattr(getattr(launcher, "options", None), "dry_run", False):  # the array job it'd submit
+    if prints_own_dry_run(launcher):  # the array job it would submit
         launcher.launch(runs, states={}, synthetic=synthetic, data_root=data_root, data=None)
         return None
     if dry_run:

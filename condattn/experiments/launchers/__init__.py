@@ -32,6 +32,7 @@ __all__ = [
     "RunStatus",
     "make_launcher",
     "plan_slots",
+    "prints_own_dry_run",
     "run_spec",
     "train_spec",
     "visible_gpus",
@@ -125,6 +126,12 @@ def train_spec(spec: Mapping[str, Any], *, lock_wait_s: float = 0.0) -> dict[str
         return train(cfg, data=data, run_dir=run_dir, resume=resume, lock_wait_s=lock_wait_s)
     finally:
         D.cleanup()
+
+
+def prints_own_dry_run(launcher: Any) -> bool:
+    """Whether ``launcher`` was asked for a dry run that it prints itself (SLURM's array job);
+    the local launcher has none, and the grid prints its plan instead."""
+    return bool(getattr(getattr(launcher, "options", None), "dry_run", False))
 
 
 def make_launcher(name: str, **options: Any) -> Launcher:
