@@ -235,8 +235,15 @@ def test_runs_from_other_machines_are_named_with_their_device(grid_copy: Path, c
     env = json.loads(env_path.read_text())
     env["starts"][-1]["device_name"] = "Other CPU"
     env_path.write_text(json.dumps(env))
+    # ... and read one archive from its own extraction cache: compare still names one dataset
+    for path in grid_copy.glob("*/seed*/results.json"):
+        res = json.loads(path.read_text())
+        cache = "/other/cache" if path.parent == env_path.parent else "/here/cache"
+        res["data_source"] = f"archive /data/c100.tar.gz cached extraction in {cache}/cifar"
+        path.write_text(json.dumps(res))
     assert main(["report", str(grid_copy)]) == 0
     c = json.loads((grid_copy / "compare.json").read_text())["conditions"]
+    assert c["data_source"] == "archive /data/c100.tar.gz"
     assert c["devices"] == {
         here: {"se": [0, 1], "se_a": [0], "se_r": [0, 1]},
         "Other CPU": {"se_a": [1]},

@@ -22,6 +22,7 @@ from condattn.data import (
     cifar_archive,
     find_cifar100,
     load_cifar100,
+    source_origin,
     synthetic_cifar100,
     write_synthetic_cifar100,
 )
@@ -121,6 +122,22 @@ def test_archive_is_extracted_once_and_never_next_to_itself(
     third = load_cifar100(archive, cache_dir=cache)
     assert "extracted to" in third.source
     assert third.train_images.shape[0] == N_TRAIN + 5
+
+
+def test_source_origin_is_the_archive_wherever_it_was_extracted(
+    tmp_path: Path, cache: Path
+) -> None:
+    """Two machines extract one archive to two caches (named by size and mtime); compare.md
+    must still name one dataset, so the origin drops the cache clause and keeps the archive."""
+    archive = _write(tmp_path / "src", as_archive=True)
+    fresh = load_cifar100(archive, cache_dir=cache).source
+    cached = load_cifar100(archive, cache_dir=cache).source
+    elsewhere = load_cifar100(archive, cache_dir=tmp_path / "other").source
+    assert len({fresh, cached, elsewhere}) == 3  # the full lines keep where the data sit
+    origins = {source_origin(s) for s in (fresh, cached, elsewhere)}
+    assert origins == {f"archive {archive.resolve()}"}
+    folder = load_cifar100(_write(tmp_path / "plain")).source
+    assert source_origin(folder) == folder  # nothing to drop
 
 
 def test_cache_dir_defaults_to_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,6 +21,7 @@ from condattn.data import (
     decode_image,
     load_dataset,
     load_imagefolder,
+    source_origin,
     split_files,
 )
 from condattn.data import imagefolder as imf
@@ -144,6 +145,9 @@ def test_second_call_hits_the_cache(
     for name in ("train_images", "train_labels", "test_images", "test_labels"):
         assert torch.equal(getattr(first, name), getattr(second, name)), name
     assert (second.mean, second.std, second.classes) == (first.mean, first.std, first.classes)
+    # compare names the folder, not the cache: fresh and cached loads have one origin
+    origin = f"imagefolder {root.resolve()} at {SIZE}px"
+    assert source_origin(first.source) == source_origin(second.source) == origin
 
 
 def test_a_changed_file_invalidates_the_cache(

@@ -29,6 +29,7 @@ from condattn.data.container import (
     DataNotFoundError,
     ImageData,
     channel_stats,
+    source_origin,
 )
 from condattn.data.datasets import (
     DATASETS,
@@ -67,6 +68,7 @@ __all__ = [
     "LoadOptions",
     "TensorLoader",
     "channel_stats",
+    "source_origin",
     "data_env_path",
     "decode_image",
     "epoch_generator",

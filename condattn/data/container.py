@@ -10,6 +10,7 @@ loop never change per dataset.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,12 +24,35 @@ __all__ = [
     "DataNotFoundError",
     "ImageData",
     "channel_stats",
+    "source_origin",
 ]
 
 # Statistics are rounded to this many decimals: the precision CIFAR's published values use, so
 # the stats computed from the real CIFAR-100 train split equal CIFAR100_MEAN/STD exactly (and
 # runs normalise bit-identically to the earlier hard-coded constants).
 STATS_DECIMALS = 6
+
+
+# How a loader says where its cache lives in a source line: cifar.py's archive ("extracted to",
+# "cached extraction in") and imagefolder.py's decoded cache ("decoded into", "cached in",
+# "decoded (not cached) for"), each followed by the cache's path.
+_CACHE_CLAUSE = re.compile(
+    r" (?:extracted to|cached extraction in|decoded into|cached in|decoded \(not cached\) for) "
+    r"[^\s;]+"
+)
+
+
+def source_origin(source: str) -> str:
+    """A source line without its cache location: where the data came from, not where they sit.
+
+    The same archive is extracted to a cache named by its size and mtime, so two machines (or
+    a fresh copy) give two source lines for the same data. ``compare`` reports the origin, so a
+    study whose runs were trained on several machines names one dataset.
+
+    >>> source_origin("archive /d/c100.tar.gz cached extraction in /cache/x/cifar-100-python")
+    'archive /d/c100.tar.gz'
+    """
+    return _CACHE_CLAUSE.sub("", source)
 
 
 class DataError(ValueError):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from condattn._io import atomic_path, atomic_write_text, git_sha
+from condattn.data.container import source_origin
 from condattn.experiments.grid import CompareError, run_dir_for
 from condattn.experiments.stats import describe, paired_difference
 from condattn.train.config import VARIANT_LABELS, VARIANTS
@@ -177,7 +178,7 @@ def _conditions(collected, *, variants, seeds, recipe, overrides) -> dict[str, A
             v: _one_or_all([r["_results"]["aux_weights"] for r in collected["runs"][v]])
             for v in variants
         },
-        "data_source": each(lambda r: r["_results"]["data_source"]),
+        "data_source": each(lambda r: source_origin(r["_results"]["data_source"])),
         "num_train": each(lambda r: r["_results"]["num_train"]),
         "num_test": each(lambda r: r["_results"]["num_test"]),
         "epochs": each(lambda r: r["_results"]["epochs"]),
