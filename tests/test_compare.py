@@ -19,12 +19,14 @@ from condattn.experiments import (
     compare,
     describe,
     paired_difference,
+    pairs_for_power,
     parse_seeds,
     parse_variants,
     plan_grid,
     write_summary,
 )
 from condattn.experiments.grid import _train_in_child, run_state
+from condattn.experiments.stats import MOST_PAIRS
 from condattn.experiments.summary import QUESTIONS, _sentence
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,6 +102,19 @@ def test_paired_difference_matches_a_hand_computation() -> None:
     assert res["note"] is None
 
 
+def test_pairs_for_power_matches_the_textbook_sample_sizes() -> None:
+    # a paired t-test at alpha 0.05, 80% power: Cohen's d = 0.5 needs 34 pairs, 0.8 needs 15 and
+    # 1.0 needs 10 (the published tables, e.g. G*Power's "difference from constant")
+    for d, n in ((0.5, 34), (0.8, 15), (1.0, 10)):
+        assert pairs_for_power(d * 1.3, 1.3) == n, d
+        assert pairs_for_power(-d, 1.0) == n  # the sign does not matter
+    assert pairs_for_power(0.0, 1.0) is None and pairs_for_power(1.0, 0.0) is None
+    assert pairs_for_power(0.01, 1.0) == MOST_PAIRS + 1  # ~80,000 pairs: past the cap
+    res = paired_difference({0: 70.1, 1: 71.3, 2: 70.8}, {0: 69.9, 1: 71.2, 2: 70.0})
+    d = [0.2, 0.1, 0.8]
+    assert res["pairs_80"] == pairs_for_power(statistics.mean(d), statistics.stdev(d))
+
+
 def test_describe_and_degenerate_cases_give_none_not_nan() -> None:
     assert describe([71.0, 73.0, 72.5]) == pytest.approx(
         {
@@ -129,6 +144,11 @@ def test_each_difference_gets_a_plain_sentence() -> None:
     unsure = _sentence({**base, "mean": 0.3, "ci95": [-0.5, 1.1]})
     assert "includes zero: not measurable at this budget" in unsure
     assert "from a 0.50-point loss to a 1.10-point gain; not evidence of no effect" in unsure
+    assert "seed pairs" not in unsure  # no pairs_80 (a compare.json from before it)
+    planned = _sentence({**base, "mean": 0.3, "ci95": [-0.5, 1.1], "pairs_80": 12})
+    assert "about 12 seed pairs would measure it (80% power; a plan, not a promise" in planned
+    tiny = _sentence({**base, "mean": 0.01, "ci95": [-0.5, 0.5], "pairs_80": MOST_PAIRS + 1})
+    assert f"more than {MOST_PAIRS} seed pairs" in tiny
     one = paired_difference({0: 71.0}, {0: 70.0})
     lone = _sentence({"a": "se_a", "b": "se", **one})
     assert "over 1 seed(s)" in lone and "at least two" in lone and "--seeds" in lone

@@ -31,7 +31,7 @@ from condattn.experiments.grid import (
     run_grid,
 )
 from condattn.experiments.launchers import prints_own_dry_run
-from condattn.experiments.stats import describe, paired_difference
+from condattn.experiments.stats import describe, paired_difference, pairs_for_power
 from condattn.experiments.summary import (
     find_grid,
     is_compare_dir,
@@ -50,6 +50,7 @@ __all__ = [
     "find_grid",
     "is_compare_dir",
     "paired_difference",
+    "pairs_for_power",
     "parse_seeds",
     "parse_variants",
     "plan_grid",

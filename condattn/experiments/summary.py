@@ -22,7 +22,7 @@ from typing import Any
 from condattn._io import atomic_path, atomic_write_text, git_sha
 from condattn.data.container import source_origin
 from condattn.experiments.grid import CompareError, run_dir_for
-from condattn.experiments.stats import describe, paired_difference
+from condattn.experiments.stats import MOST_PAIRS, POWER, describe, paired_difference
 from condattn.train.config import VARIANT_LABELS, VARIANTS
 
 __all__ = [
@@ -284,13 +284,29 @@ def _sentence(d: Mapping[str, Any]) -> str:
         return (
             f"{head}: {mean}, 95% CI {_ci(d['ci95'])} includes zero: not measurable at this "
             f"budget (compatible with anything from a {-lo:.2f}-point loss to a {hi:.2f}-point "
-            "gain; not evidence of no effect)."
+            f"gain; not evidence of no effect).{_plan(d)}"
         )
     verb = "beats" if d["mean"] > 0 else "trails"
     return (
         f"{head}: {mean}, 95% CI {_ci(d['ci95'])} excludes zero: {a} {verb} {b} by "
         f"{abs(d['mean']):.2f} points at this budget (paired t p = {_p(d['p'])}, "
         f"{d['n_pairs']} seeds)."
+    )
+
+
+def _plan(d: Mapping[str, Any]) -> str:
+    """How many seed pairs would measure this difference (stats.pairs_for_power), as a clause."""
+    n = d.get("pairs_80")  # compare.json files written before it have no pairs_80
+    if n is None or n <= d["n_pairs"]:
+        return ""
+    if n > MOST_PAIRS:
+        return (
+            f" A difference this small would need more than {MOST_PAIRS} seed pairs to be "
+            f"measured with {POWER:.0%} power."
+        )
+    return (
+        f" If this mean and spread held, about {n} seed pairs would measure it ({POWER:.0%} "
+        "power; a plan, not a promise: the mean moves as seeds are added)."
     )
 
 
