@@ -15,7 +15,7 @@ import torch
 
 import condattn
 from condattn.cli import main
-from condattn.experiments.summary import plot_title
+from condattn.experiments.plots import plot_title
 from condattn.train import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parents[1]
