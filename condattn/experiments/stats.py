@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CONFIDENCE", "POWER", "describe", "paired_difference", "pairs_for_power"]
+__all__ = ["CONFIDENCE", "MOST_PAIRS", "POWER", "describe", "paired_difference", "pairs_for_power"]
 
 # The coverage of the intervals in compare.json/compare.md (the key is named after it: ci95).
 CONFIDENCE = 0.95
